@@ -1,0 +1,12 @@
+"""Upstream dialects: one module per wire format, all behind `adapters.base.Adapter`."""
+
+from __future__ import annotations
+
+from adapters.base import Adapter
+from adapters.openai import OpenAIAdapter
+
+_ADAPTERS: dict[str, Adapter] = {"openai": OpenAIAdapter()}
+
+
+def get_adapter(dialect: str) -> Adapter:
+    return _ADAPTERS[dialect]

@@ -1,0 +1,1 @@
+"""Turnout: an LLM inference gateway."""

@@ -1,0 +1,133 @@
+"""Canonical request/response types shared by surfaces, adapters and policies.
+
+This is a leaf module: it imports nothing of ours, so `adapters/` and `policies/`
+can depend on it without depending on the rest of the gateway. The OpenAI chat
+shape is the lingua franca: a canonical request carries the OpenAI-shaped body as
+the client sent it (parsed once), and streamed chunks are OpenAI chunk objects.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Operation = Literal["chat", "completions", "embeddings"]
+
+
+@dataclass(slots=True)
+class CanonicalRequest:
+    operation: Operation
+    model: str  # the public model name the client asked for
+    body: dict[str, Any]  # OpenAI-shaped body, parsed once by the surface
+    stream: bool = False
+    include_usage: bool = False  # did the *client* ask for a usage chunk
+    request_id: str = ""
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class Target:
+    """Where one attempt goes: everything an adapter needs to address an upstream."""
+
+    base_url: str  # e.g. http://127.0.0.1:8000/v1 (no trailing slash)
+    upstream_model: str
+    api_key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    # Dialect-specific knobs (Azure api-version, auth header style, ...).
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """A complete (non-streamed) upstream answer in the canonical OpenAI shape."""
+
+    body: bytes  # serialized OpenAI-shaped JSON, ready for the client
+    usage: Usage | None
+
+
+@dataclass(slots=True)
+class StreamChunk:
+    """One OpenAI chat/completion chunk, already serialized (`data` is its JSON)."""
+
+    data: bytes
+    usage: Usage | None = None
+    usage_only: bool = False  # the trailing `choices: []` usage chunk
+
+
+class ErrorClass(enum.Enum):
+    """How dispatch should treat a failed attempt."""
+
+    RETRYABLE = "retryable"  # connect error, timeout, 429, 5xx: another try may work
+    FINAL = "final"  # the request itself is wrong for this upstream (other 4xx)
+
+
+class FailureKind(enum.Enum):
+    CONNECT = "connect_error"
+    TIMEOUT = "timeout"
+    RATE_LIMITED = "rate_limited"
+    SERVER = "upstream_server_error"
+    REJECTED = "upstream_rejected"
+    PROTOCOL = "upstream_protocol_error"
+    CONTEXT_LENGTH = "context_length_exceeded"
+    CONTENT_POLICY = "content_policy"
+
+
+_RETRYABLE = {FailureKind.CONNECT, FailureKind.TIMEOUT, FailureKind.RATE_LIMITED,
+              FailureKind.SERVER, FailureKind.PROTOCOL}
+
+
+class UpstreamFailure(Exception):
+    """A failed upstream attempt, classified. Messages never carry credentials."""
+
+    def __init__(
+        self,
+        kind: FailureKind,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def error_class(self) -> ErrorClass:
+        return ErrorClass.RETRYABLE if self.kind in _RETRYABLE else ErrorClass.FINAL
+
+
+@dataclass(slots=True, eq=False)
+class Deployment:
+    """One routable place a public model can run: a provider, or one replica of a pool.
+
+    Identity-compared (eq=False) so it can key per-process telemetry dicts cheaply.
+    """
+
+    id: str  # stable and unique, e.g. "openai" or "local-gpu/0"
+    model: str  # the public model name it serves
+    dialect: str  # which adapter speaks to it
+    target: Target
+    price_input: float = 0.0  # USD per 1M tokens
+    price_output: float = 0.0
+    pool: str | None = None  # set for self-hosted replicas

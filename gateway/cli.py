@@ -1,0 +1,106 @@
+"""`turnout` command line: serve, check-config, sim."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from gateway.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = "config/turnout.yaml"
+
+
+def _load(path: str) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(f"{path}: {problem}", file=sys.stderr)
+        return None
+
+
+def check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    if cfg is None:
+        return 1
+    deployments = sum(len(m.deployments) for m in cfg.models.values())
+    print(f"{args.file}: ok ({len(cfg.models)} models, {deployments} deployments, "
+          f"{len(cfg.providers)} providers, {len(cfg.pools)} pools)")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import CONFIG_ENV
+
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    host = args.host or cfg.server.host
+    port = args.port if args.port is not None else cfg.server.port
+    workers = args.workers or cfg.server.workers
+    os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+    print(f"Turnout serving {', '.join(cfg.models)} on http://{host}:{port} "
+          f"({workers} worker{'s' if workers > 1 else ''}, store: "
+          f"{'redis' if cfg.redis else 'in-memory'}, config: {args.config})", flush=True)
+    uvicorn.run(
+        "gateway.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def sim(args: argparse.Namespace) -> int:
+    from selfhost import sim as simulator
+
+    return simulator.run_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="turnout", description="LLM inference gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--host", help="listen address (default: server.host from the config)")
+    p.add_argument("--port", type=int, help="listen port (default: server.port from the config)")
+    p.add_argument("--workers", type=int, help="worker processes (default: server.workers)")
+    p.add_argument("--log-level", default="info",
+                   choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=serve)
+
+    p = sub.add_parser("check-config", help="validate a config file and print every problem")
+    p.add_argument("file")
+    p.set_defaults(func=check_config)
+
+    p = sub.add_parser("sim", help="run simulated OpenAI/vLLM-compatible upstreams")
+    from selfhost import sim as simulator
+
+    simulator.add_arguments(p)
+    p.set_defaults(func=sim)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""HTTP surfaces: OpenAI-compatible, ops (health/readiness); more as they land."""

@@ -1,0 +1,92 @@
+"""Small raw-ASGI helpers for the hot path: read a bounded body, send a response, and
+cancel the work when the client goes away."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.errors import GatewayError
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+JSON = b"application/json"
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing (413) anything over `limit` before buffering it."""
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise asyncio.CancelledError
+        part = msg.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(part)
+        if not msg.get("more_body"):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"request body is larger than the limit of {limit} bytes",
+                        code="request_too_large")
+
+
+async def send_response(
+    send: Send, status: int, body: bytes, headers: Headers, content_type: bytes = JSON
+) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", content_type),
+                    (b"content-length", str(len(body)).encode()), *headers],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+async def cancel_on_disconnect(receive: Receive, work: Awaitable[None]) -> None:
+    """Run `work` in this task; if the client disconnects first, cancel it.
+
+    Cancelling unwinds the dispatch code, which drops the upstream connection: that is
+    how the upstream learns to stop generating. The request body must already have
+    been read, so the next message `receive` yields is the disconnect.
+    """
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone = True
+        current.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await work
+    except asyncio.CancelledError:
+        # Swallow only our own cancellation; one from the server must propagate.
+        if gone and current.uncancel() == 0:
+            return
+        raise
+    finally:
+        watcher.cancel()

@@ -1,0 +1,1 @@
+"""Decisions: routing, and (as they land) retries, breakers, keys, budgets, limits, pricing."""

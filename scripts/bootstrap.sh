@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtualenv (.venv). Idempotent and quick when nothing
+# changed: the install is redone only when pyproject.toml changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+VENV=.venv
+STAMP="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+if [ ! -f "$STAMP" ]; then
+  echo "==> installing turnout and its dev tools into $VENV (pip output: $VENV/pip.log)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >"$VENV/pip.log" 2>&1
+  if ! "$VENV/bin/python" -m pip install -e ".[dev]" >>"$VENV/pip.log" 2>&1; then
+    tail -30 "$VENV/pip.log"; exit 1
+  fi
+  rm -f "$VENV"/.installed-*
+  touch "$STAMP"
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "==> installing redis-server (tests start their own on a free port)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+fi

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.procs import Gateway, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+GatewayFactory = Callable[..., Gateway]
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path) -> Iterator[GatewayFactory]:
+    """Start `turnout serve` subprocesses: `gateway_factory(config_dict, workers=1, env=None)`.
+
+    Every gateway started is stopped at the end of the test.
+    """
+    started: list[Gateway] = []
+
+    def start(config: dict[str, Any], **kwargs: Any) -> Gateway:
+        gw = Gateway(config, tmp_path, **kwargs)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()

@@ -1,0 +1,1 @@
+"""Test harness: real processes on real ports (gateway, redis-server, simulators)."""

@@ -1,0 +1,61 @@
+"""The same contract for both stores: in-memory, and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.store import MemoryStore, RedisStore, Store, StoreUnavailable
+from tests.support.procs import RedisServer, free_port
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Store]:
+    s: Store = MemoryStore() if request.param == "memory" else RedisStore(redis_server.url)
+    yield s
+    await s.close()
+
+
+def key(request: pytest.FixtureRequest, name: str) -> str:
+    return f"{request.node.name}:{name}"  # tests share one redis: keep their keys apart
+
+
+async def test_get_set_delete(store: Store, request: pytest.FixtureRequest) -> None:
+    k = key(request, "k")
+    assert await store.get(k) is None
+    await store.set(k, b"v")
+    assert await store.get(k) == b"v"
+    await store.delete(k)
+    assert await store.get(k) is None
+
+
+async def test_ttl_expires(store: Store, request: pytest.FixtureRequest) -> None:
+    k = key(request, "short")
+    await store.set(k, b"v", ttl_s=0.05)
+    assert await store.get(k) == b"v"
+    await asyncio.sleep(0.15)  # waiting out a TTL is the behaviour under test
+    assert await store.get(k) is None
+
+
+async def test_set_if_absent(store: Store, request: pytest.FixtureRequest) -> None:
+    k = key(request, "lock")
+    results = await asyncio.gather(*(store.set_if_absent(k, b"x", ttl_s=5) for _ in range(20)))
+    assert results.count(True) == 1
+
+
+async def test_incr_is_atomic_and_ttl_set_once(store: Store,
+                                               request: pytest.FixtureRequest) -> None:
+    k = key(request, "n")
+    values = await asyncio.gather(*(store.incr(k, 2, ttl_s=5) for _ in range(50)))
+    assert sorted(values) == list(range(2, 101, 2))
+    assert await store.get(k) == b"100"
+
+
+async def test_redis_down_raises_store_unavailable() -> None:
+    s = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
+    assert await s.ping() is False
+    with pytest.raises(StoreUnavailable):
+        await s.get("k")
+    await s.close()
