@@ -258,3 +258,25 @@ def test_health_and_readiness(gateway: Gateway, tmp_path: Path) -> None:
         assert r.status_code == 503 and r.json()["status"] == "unavailable"
     finally:
         dead.stop()
+
+
+def test_idle_timeout_between_chunks(tmp_path: Path) -> None:
+    stalling = Simulator(SimProfile.named("instant", itl_ms=3000.0))
+    with ThreadedSim(stalling) as sim:
+        gw = Gateway({
+            "server": {"timeouts": {"first_token_s": 5, "idle_s": 0.5, "total_s": 30}},
+            "providers": [{"name": "p", "base_url": sim.url + "/v1"}],
+            "models": {"m": {"deployments": [{"target": "p", "model": "x"}]}},
+        }, tmp_path)
+        try:
+            client = OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+            received = []
+            with pytest.raises(openai.APIError) as info:
+                for chunk in client.chat.completions.create(model="m", messages=MESSAGES,
+                                                            stream=True, max_tokens=5):
+                    received.append(chunk)
+            assert info.value.code == "upstream_timeout"
+            assert len(received) == 2  # the role chunk and the first token, then silence
+            assert stalling.stats.wait_for(lambda s: s.cancelled == 1 and s.active == 0)
+        finally:
+            gw.stop()

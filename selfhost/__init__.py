@@ -1,0 +1,1 @@
+"""Self-hosted vLLM pools: membership, probes, metrics scraping, launchers and the simulator."""

@@ -1,0 +1,443 @@
+"""The simulator's HTTP behaviour: `Simulator` and its aiohttp low-level request handler.
+
+Served by `selfhost.sim.serve` with aiohttp handler cancellation on: when a client goes away,
+aiohttp cancels the handler wherever it waits (FIFO queue, TTFT, between tokens), which is how
+cancellations are detected promptly; the raw transport is at hand to reset connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from selfhost.sim_content import (
+    SSE_DONE,
+    BadRequest,
+    GenPlan,
+    chunk,
+    embeddings_body,
+    error_body,
+    plan_chat,
+    plan_completion,
+    plan_embeddings,
+    role_choice,
+    token_choice,
+    tokens,
+    usage,
+    whole_body,
+)
+from selfhost.sim_metrics import VllmMetrics
+from selfhost.sim_state import FaultAction, Faults, FifoSlots, PrefixCache, SimProfile, SimStats
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+_METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_SERVER_ERRORS = {
+    500: "The server had an error while processing your request. Sorry about that!",
+    503: "The engine is currently overloaded, please try again later.",
+}
+
+
+class _DropNow(Exception):
+    """The disconnect_after_chunks budget is spent: the stream must die here."""
+
+
+class _Exchange:
+    """One inference request: its body, its clock, and exactly one outcome in the stats."""
+
+    __slots__ = ("_open", "_stats", "arrival", "body", "drop_after", "request")
+
+    def __init__(
+        self, request: web.BaseRequest, body: Any, arrival: float, stats: SimStats
+    ) -> None:
+        self.request, self.body, self.arrival = request, body, arrival
+        self.drop_after: int | None = None
+        self._stats, self._open = stats, True
+
+    def finish(self, status: int) -> None:
+        if self._open:
+            self._open = False
+            self._stats.finish(status)
+
+    def end_early(self, *, aborted: bool) -> bool:
+        """Record a cancel (or, with `aborted`, a drop); False if the outcome was already in."""
+        if not self._open:
+            return False
+        self._open = False
+        self._stats.end_early(aborted=aborted)
+        return True
+
+
+class _SseOut:
+    """Buffers SSE events between waits, so a delay-free stretch (all of it on the instant
+    profile) is one socket write, and spends the disconnect_after_chunks budget."""
+
+    __slots__ = ("_buf", "_left", "_request", "_resp")
+
+    def __init__(
+        self, request: web.BaseRequest, resp: web.StreamResponse, limit: int | None
+    ) -> None:
+        self._request, self._resp, self._left = request, resp, limit
+        self._buf: list[bytes] = []
+
+    def add(self, event: bytes) -> None:
+        if self._left is not None:
+            if self._left == 0:
+                raise _DropNow
+            self._left -= 1
+        self._buf.append(event)
+
+    async def flush(self, *, headers: bool = False) -> None:
+        if not self._resp.prepared and (self._buf or headers):
+            await self._resp.prepare(self._request)  # headers leave at the first token
+        if self._buf:
+            data = b"".join(self._buf)
+            self._buf.clear()
+            await self._resp.write(data)
+
+
+class Simulator:
+    """One simulated vLLM server: configuration, faults, stats and the request handlers.
+
+    A simulator serves on one event loop at a time (`serve`, or `ThreadedSim` for sync code).
+    """
+
+    def __init__(
+        self,
+        profile: str | SimProfile = "instant",
+        *,
+        model: str = "sim-model",
+        strict_model: bool = False,
+        max_tokens_default: int = 16,
+        embedding_dimensions: int = 16,
+        seed: int = 0,
+        faults: Faults | None = None,
+    ) -> None:
+        self.profile = SimProfile.named(profile) if isinstance(profile, str) else profile
+        self.model = model
+        self.strict_model = strict_model  # else any model name is served, and echoed back
+        self.max_tokens_default = max_tokens_default
+        self.embedding_dimensions = embedding_dimensions
+        self.faults = faults if faults is not None else Faults()
+        self.stats = SimStats()
+        self.metrics = VllmMetrics(model)
+        self._slots = FifoSlots(self.profile.max_num_seqs, self.stats.set_load)
+        self._cache = PrefixCache()
+        # Separate RNGs, so latency draws never shift which requests a fault rate picks.
+        self._fault_rng = random.Random(seed)
+        self._jitter_rng = random.Random(seed + 1)
+        self._created = int(time.time())
+        self._inference: dict[str, Callable[[_Exchange], Awaitable[web.StreamResponse]]] = {
+            "/v1/chat/completions": self._chat,
+            "/v1/completions": self._completions,
+            "/v1/embeddings": self._embeddings,
+        }
+        self._plain: dict[tuple[str, str], Callable[[web.BaseRequest], Awaitable[web.Response]]]
+        self._plain = {
+            ("GET", "/health"): self._health,
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/sim/stats"): self._get_stats,
+            ("GET", "/sim/faults"): self._get_faults,
+            ("POST", "/sim/faults"): self._set_faults,
+        }
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The aiohttp low-level request handler."""
+        endpoint = self._inference.get(request.path)
+        if endpoint is not None and request.method == "POST":
+            return await self._track(request, endpoint)
+        self.stats.count_path(request.path)
+        plain = self._plain.get((request.method, request.path))
+        if plain is None:
+            message = f"No route for {request.method} {request.path}"
+            return _json(error_body(message, "invalid_request_error"), 404)
+        return await plain(request)
+
+    # -- inference ---------------------------------------------------------------------------
+
+    async def _track(
+        self,
+        request: web.BaseRequest,
+        endpoint: Callable[[_Exchange], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        arrival = time.monotonic()
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        self.stats.begin(request.path, request.headers, body)
+        ex = _Exchange(request, body, arrival, self.stats)
+        try:
+            resp = await self._serve(ex, endpoint)
+        except asyncio.CancelledError:  # aiohttp cancels the handler when the client leaves
+            ex.end_early(aborted=False)
+            raise
+        ex.finish(resp.status)
+        return resp
+
+    async def _serve(
+        self,
+        ex: _Exchange,
+        endpoint: Callable[[_Exchange], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if not isinstance(ex.body, dict):
+            message = "The request body must be a JSON object."
+            return _json(error_body(message, "invalid_request_error"), 400)
+        stream = ex.body.get("stream") is True
+        action = self.faults.draw(self._fault_rng, stream)
+        if action is not None:
+            self.stats.fault(action.label)
+            if action.kind != "disconnect" or not stream:
+                return await self._inject(ex, action)
+            ex.drop_after = action.after_chunks
+        try:
+            return await endpoint(ex)
+        except BadRequest as exc:
+            body = error_body(exc.message, "invalid_request_error", exc.param, exc.code)
+            return _json(body, exc.status)
+
+    async def _inject(self, ex: _Exchange, action: FaultAction) -> web.StreamResponse:
+        if action.kind == "status":
+            return self._fault_response(action.status)
+        if action.kind == "hang":  # until the client leaves: aiohttp then cancels this wait
+            await asyncio.Event().wait()
+        # Left: reset, or a disconnect fault drawn for a non-stream request.
+        ex.end_early(aborted=True)
+        _drop_connection(ex.request, reset=True)
+        return web.Response()  # never reaches the wire: aiohttp ignores the dead transport
+
+    def _fault_response(self, status: int) -> web.Response:
+        if status == 429:
+            wait = self.faults.retry_after_s
+            headers = {
+                "Retry-After": str(math.ceil(wait)),
+                "retry-after-ms": str(round(wait * 1e3)),
+            }
+            body = error_body(
+                "Rate limit reached for requests. Please try again later.",
+                "requests",
+                None,
+                "rate_limit_exceeded",
+            )
+            return _json(body, 429, headers)
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        message = _SERVER_ERRORS.get(status, f"Injected failure (HTTP {status}).")
+        return _json(error_body(message, kind), status)
+
+    async def _chat(self, ex: _Exchange) -> web.StreamResponse:
+        return await self._generate(ex, plan_chat(ex.body, self.model, self.max_tokens_default))
+
+    async def _completions(self, ex: _Exchange) -> web.StreamResponse:
+        plan = plan_completion(ex.body, self.model, self.max_tokens_default)
+        return await self._generate(ex, plan)
+
+    async def _embeddings(self, ex: _Exchange) -> web.StreamResponse:
+        plan = plan_embeddings(ex.body, self.model, self.embedding_dimensions)
+        self._check_model(plan.model)
+        await self._slots.acquire()
+        try:
+            await _sleep(self._ttft(plan.prompt_tokens))
+        finally:
+            self._slots.release()
+        self.metrics.prompt_tokens += plan.prompt_tokens
+        self.metrics.e2e.observe(time.monotonic() - ex.arrival)
+        self.metrics.success["stop"] += 1
+        return _json(embeddings_body(plan))
+
+    def _check_model(self, model: str) -> None:
+        if self.strict_model and model != self.model:
+            raise BadRequest(
+                f"The model `{model}` does not exist.", "model", status=404, code="model_not_found"
+            )
+
+    async def _generate(self, ex: _Exchange, plan: GenPlan) -> web.StreamResponse:
+        self._check_model(plan.model)
+        resp = web.StreamResponse(headers=_SSE_HEADERS) if plan.stream else None
+        try:
+            await self._slots.acquire()
+            try:
+                cached = self._cache.lookup_insert(plan.prefixes)
+                self.metrics.prefix_queries += plan.prompt_tokens
+                self.metrics.prefix_hits += cached
+                ttft = self._ttft(plan.prompt_tokens - cached)
+                if resp is None:
+                    return await self._whole(ex, plan, cached, ttft)
+                await self._stream(ex, plan, resp, cached, ttft)
+                return resp
+            finally:
+                self._slots.release()
+        except asyncio.CancelledError:
+            if ex.end_early(aborted=False):
+                self.metrics.success["abort"] += 1
+            raise
+        except ConnectionError:  # a stream write found the client gone
+            if ex.end_early(aborted=False):
+                self.metrics.success["abort"] += 1
+            assert resp is not None
+            return resp  # aiohttp's own write_eof then fails quietly
+
+    async def _whole(self, ex: _Exchange, plan: GenPlan, cached: int, ttft: float) -> web.Response:
+        itls = self._itls(plan.max_new - 1)
+        queued = time.monotonic() - ex.arrival
+        await _sleep(ttft + sum(itls))
+        body = whole_body(plan, _id(plan), int(time.time()), cached)
+        self._record(plan, queued + ttft, itls, time.monotonic() - ex.arrival)
+        return _json(body)
+
+    async def _stream(
+        self, ex: _Exchange, plan: GenPlan, resp: web.StreamResponse, cached: int, ttft: float
+    ) -> None:
+        rid, created = _id(plan), int(time.time())
+        out = _SseOut(ex.request, resp, ex.drop_after)
+        walks = [tokens(seed, plan.skip, plan.max_new) for seed in plan.seeds]
+        itls = self._itls(plan.max_new - 1)
+        due, stamps = time.monotonic() + ttft, []
+        try:
+            for step in range(plan.max_new):
+                due += itls[step - 1] if step else 0.0
+                if due > time.monotonic():
+                    await out.flush()
+                    await asyncio.sleep(due - time.monotonic())
+                stamps.append(time.monotonic())
+                self._emit_step(out, plan, rid, created, walks, step, cached)
+            if plan.include_usage:
+                final = usage(plan.prompt_tokens, plan.max_new * len(walks), cached)
+                out.add(chunk(plan, rid, created, [], final))
+            out.add(SSE_DONE)
+        except _DropNow:
+            await out.flush(headers=True)
+            ex.end_early(aborted=True)
+            _drop_connection(ex.request, reset=False)  # FIN, so the k events surely arrive
+            self.metrics.success["abort"] += 1
+            return
+        # Counted before [DONE] leaves, so a client that has read [DONE] sees it in the stats.
+        ex.finish(200)
+        gaps = [b - a for a, b in itertools.pairwise(stamps)]
+        self._record(plan, stamps[0] - ex.arrival, gaps, time.monotonic() - ex.arrival)
+        await out.flush()
+        await resp.write_eof()
+
+    def _emit_step(
+        self,
+        out: _SseOut,
+        plan: GenPlan,
+        rid: str,
+        created: int,
+        walks: list[list[str]],
+        step: int,
+        cached: int,
+    ) -> None:
+        finish = plan.finish_reason if step == plan.max_new - 1 else None
+        so_far = None
+        if plan.continuous_usage:
+            so_far = usage(plan.prompt_tokens, (step + 1) * len(walks), cached)
+        if plan.chat and step == 0:  # vLLM: a role-only chunk per choice opens the stream
+            start = usage(plan.prompt_tokens, 0, cached) if so_far else None
+            for i in range(len(walks)):
+                out.add(chunk(plan, rid, created, [role_choice(i)], start))
+        for i, walk in enumerate(walks):
+            out.add(chunk(plan, rid, created, [token_choice(plan, i, walk[step], finish)], so_far))
+
+    def _record(self, plan: GenPlan, ttft: float, itls: list[float], e2e: float) -> None:
+        m = self.metrics
+        m.prompt_tokens += plan.prompt_tokens
+        m.generation_tokens += plan.max_new * len(plan.seeds)
+        m.ttft.observe(ttft)
+        for gap in itls:
+            m.itl.observe(gap)
+        m.e2e.observe(e2e)
+        m.success[plan.finish_reason] += 1
+
+    def _jitter(self) -> float:
+        j = self.profile.jitter
+        return 1.0 + self._jitter_rng.uniform(-j, j) if j else 1.0
+
+    def _ttft(self, uncached_tokens: int) -> float:
+        p = self.profile
+        work = (p.base_ttft_ms + p.prefill_ms_per_token * uncached_tokens) * self._jitter()
+        return (work + self.faults.extra_ttft_ms) / 1e3
+
+    def _itls(self, count: int) -> list[float]:
+        base = self.profile.itl_ms / 1e3
+        if not base or not self.profile.jitter:
+            return [base] * count
+        return [base * self._jitter() for _ in range(count)]
+
+    # -- plain endpoints -----------------------------------------------------------------------
+
+    async def _health(self, request: web.BaseRequest) -> web.Response:
+        return web.Response(status=503 if self.faults.unhealthy else 200)
+
+    async def _metrics(self, request: web.BaseRequest) -> web.Response:
+        running, waiting = self._slots.running, self._slots.waiting
+        text = self.metrics.render(running, waiting, running / self.profile.max_num_seqs)
+        return web.Response(body=text, headers={"Content-Type": _METRICS_TYPE})
+
+    async def _models(self, request: web.BaseRequest) -> web.Response:
+        card = {
+            "id": self.model,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "turnout-sim",
+            "root": self.model,
+            "parent": None,
+        }
+        return _json({"object": "list", "data": [card]})
+
+    async def _get_stats(self, request: web.BaseRequest) -> web.Response:
+        return _json(self.stats.as_dict())
+
+    async def _get_faults(self, request: web.BaseRequest) -> web.Response:
+        return _json(self.faults.to_dict())
+
+    async def _set_faults(self, request: web.BaseRequest) -> web.Response:
+        """Replace the faults: fields left out of the body return to their defaults."""
+        try:
+            data = orjson.loads(await request.read())
+            if not isinstance(data, dict):
+                raise ValueError("the body must be a JSON object")
+            self.faults = Faults.from_dict(data)
+        except ValueError as exc:  # orjson.JSONDecodeError is a ValueError
+            return _json(error_body(str(exc), "invalid_request_error"), 400)
+        return _json(self.faults.to_dict())
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    body = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+    return web.Response(body=body, status=status, headers={**_JSON_HEADERS, **(headers or {})})
+
+
+def _id(plan: GenPlan) -> str:
+    return ("chatcmpl-" if plan.chat else "cmpl-") + uuid.uuid4().hex
+
+
+async def _sleep(seconds: float) -> None:
+    if seconds > 0:  # the instant profile never yields to the loop for time
+        await asyncio.sleep(seconds)
+
+
+def _drop_connection(request: web.BaseRequest, *, reset: bool) -> None:
+    """Kill the client's connection: an RST (SO_LINGER 0, then abort) or an orderly FIN."""
+    transport = request.transport
+    if transport is None:
+        return
+    if not reset:
+        transport.close()  # flushes what was written first
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

@@ -1,0 +1,46 @@
+"""The README's run command: the demo config serves real answers with no keys and no GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from openai import OpenAI
+
+from tests.conftest import GatewayFactory
+from tests.support.procs import REPO
+
+
+def demo_config() -> dict[str, object]:
+    cfg: dict[str, object] = yaml.safe_load((REPO / "config" / "turnout.yaml").read_text())
+    return cfg
+
+
+def test_demo_config_serves_keyless(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
+    gw = gateway_factory(demo_config(), env={"OPENAI_API_KEY": ""})
+    client = OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    assert {m.id for m in client.models.list()} == {"demo-chat", "gpt-4o-mini", "demo-embed"}
+
+    seen = set()
+    for _ in range(6):
+        raw = client.chat.completions.with_raw_response.create(
+            model="demo-chat", messages=[{"role": "user", "content": "Hello!"}], max_tokens=4)
+        assert raw.parse().choices[0].message.content
+        seen.add(raw.headers["x-turnout-deployment"])
+    assert seen == {"local-gpu/0", "local-gpu/1", "openai"}  # least-in-flight rotates ties
+
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert len(text.split()) == 16  # the simulator's default answer length
+    assert len(client.embeddings.create(model="demo-embed", input="x").data[0].embedding) == 16
+    assert "using a simulated cloud upstream" in gw.logs()
+
+
+def test_two_workers_serve(gateway_factory: GatewayFactory) -> None:
+    gw = gateway_factory(demo_config(), workers=2, env={"OPENAI_API_KEY": ""})
+    client = OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    for _ in range(8):
+        assert client.chat.completions.create(
+            model="demo-chat", messages=[{"role": "user", "content": "Hello!"}]).choices
+    assert gw.logs().count("Application startup complete") == 2
