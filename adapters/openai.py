@@ -11,12 +11,15 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
+from adapters.common import load_object
 from gateway.canonical import (
     CanonicalRequest,
     FailureKind,
+    Operation,
     StreamChunk,
     Target,
     UpstreamFailure,
@@ -29,6 +32,17 @@ _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embedding
 _DONE = b"[DONE]"
 _MAX_MESSAGE = 500
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too many tokens")
+
+
+def upstream_url(target: Target, op: Operation) -> str:
+    """Azure OpenAI (option `api_version`) addresses a deployment, named by upstream_model:
+    {base}/openai/deployments/{deployment}/chat/completions?api-version=..."""
+    version = target.options.get("api_version")
+    if not version:
+        return target.base_url + _PATHS[op]
+    deployment = quote(target.upstream_model, safe="")
+    return (f"{target.base_url}/openai/deployments/{deployment}{_PATHS[op]}"
+            f"?api-version={quote(version, safe='')}")
 
 
 def usage_from(obj: Any) -> Usage | None:
@@ -111,20 +125,17 @@ class OpenAIAdapter:
             body["stream_options"] = opts
         headers = {"content-type": "application/json", **target.headers}
         if target.api_key:
-            headers["authorization"] = f"Bearer {target.api_key}"
+            if target.options.get("auth") == "api-key":  # Azure's key header
+                headers["api-key"] = target.api_key
+            else:
+                headers["authorization"] = f"Bearer {target.api_key}"
         if req.stream:
             headers["accept"] = "text/event-stream"
-        return UpstreamRequest("POST", target.base_url + _PATHS[req.operation], headers,
+        return UpstreamRequest("POST", upstream_url(target, req.operation), headers,
                                orjson.dumps(body))
 
     def parse_response(self, req: CanonicalRequest, body: bytes) -> UpstreamResponse:
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamFailure(FailureKind.PROTOCOL, "upstream sent invalid JSON") from None
-        if not isinstance(obj, dict):
-            raise UpstreamFailure(FailureKind.PROTOCOL, "upstream sent a non-object JSON body")
-        return UpstreamResponse(body, usage_from(obj.get("usage")))
+        return UpstreamResponse(body, usage_from(load_object(body).get("usage")))
 
     def stream_translator(self, req: CanonicalRequest) -> OpenAIStream:
         return OpenAIStream(keep_usage_chunk=req.include_usage)

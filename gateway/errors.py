@@ -58,7 +58,7 @@ def from_upstream(failure: UpstreamFailure, deployment_id: str) -> GatewayError:
             code=code,
             headers=headers,
         )
-    if failure.status in (401, 403, 404, None):
+    if failure.status in (401, 402, 403, 404, None):
         return GatewayError(
             502,
             f"upstream {deployment_id} refused the gateway's request ({failure.status}):"

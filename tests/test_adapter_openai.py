@@ -85,3 +85,12 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({}) is None
+
+
+def test_azure_deployment_url_and_api_key_header() -> None:
+    t = Target("https://r.openai.azure.com", "gpt-4o prod", "az",
+               options={"api_version": "2024-10-21", "auth": "api-key"})
+    up = ADAPTER.build_request(chat(), t)
+    assert up.url == ("https://r.openai.azure.com/openai/deployments/gpt-4o%20prod"
+                      "/chat/completions?api-version=2024-10-21")
+    assert up.headers["api-key"] == "az" and "authorization" not in up.headers

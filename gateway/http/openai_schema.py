@@ -28,11 +28,11 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def _between(lo: float, hi: float) -> Check:
+def between(lo: float, hi: float) -> Check:
     return lambda v: _is_num(v) and lo <= v <= hi
 
 
-def _at_least(lo: int) -> Check:
+def at_least(lo: int) -> Check:
     return lambda v: _is_int(v) and v >= lo
 
 
@@ -61,28 +61,28 @@ def _str_or_tokens(v: Any) -> bool:
 _COMMON: dict[str, tuple[Check, str]] = {
     "stream": (lambda v: isinstance(v, bool), "a boolean"),
     "stream_options": (lambda v: isinstance(v, dict), "an object"),
-    "temperature": (_between(0, 2), "a number between 0 and 2"),
-    "top_p": (_between(0, 1), "a number between 0 and 1"),
-    "n": (_at_least(1), "an integer >= 1"),
-    "max_tokens": (_at_least(1), "an integer >= 1"),
+    "temperature": (between(0, 2), "a number between 0 and 2"),
+    "top_p": (between(0, 1), "a number between 0 and 1"),
+    "n": (at_least(1), "an integer >= 1"),
+    "max_tokens": (at_least(1), "an integer >= 1"),
     "seed": (_is_int, "an integer"),
     "stop": (_stop, "a string or a list of at most 4 strings"),
-    "presence_penalty": (_between(-2, 2), "a number between -2 and 2"),
-    "frequency_penalty": (_between(-2, 2), "a number between -2 and 2"),
+    "presence_penalty": (between(-2, 2), "a number between -2 and 2"),
+    "frequency_penalty": (between(-2, 2), "a number between -2 and 2"),
     "user": (lambda v: isinstance(v, str), "a string"),
 }
 _CHAT = {
     **_COMMON,
-    "max_completion_tokens": (_at_least(1), "an integer >= 1"),
+    "max_completion_tokens": (at_least(1), "an integer >= 1"),
     "tools": (lambda v: isinstance(v, list), "a list"),
     "response_format": (lambda v: isinstance(v, dict) and isinstance(v.get("type"), str),
                         "an object with a `type`"),
     "logprobs": (lambda v: isinstance(v, bool), "a boolean"),
-    "top_logprobs": (_between(0, 20), "an integer between 0 and 20"),
+    "top_logprobs": (between(0, 20), "an integer between 0 and 20"),
 }
 _COMPLETIONS = {**_COMMON, "echo": (lambda v: isinstance(v, bool), "a boolean")}
 _EMBEDDINGS: dict[str, tuple[Check, str]] = {
-    "dimensions": (_at_least(1), "an integer >= 1"),
+    "dimensions": (at_least(1), "an integer >= 1"),
     "encoding_format": (lambda v: v in ("float", "base64"), "'float' or 'base64'"),
     "user": (lambda v: isinstance(v, str), "a string"),
 }
@@ -100,7 +100,7 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _check_fields(body: dict[str, Any], rules: dict[str, tuple[Check, str]]) -> None:
+def check_fields(body: dict[str, Any], rules: dict[str, tuple[Check, str]]) -> None:
     for name, (check, expected) in rules.items():
         value = body.get(name)
         if value is not None and not check(value):
@@ -152,17 +152,17 @@ def canonical(op: Operation, raw: bytes, request_id: str) -> CanonicalRequest:
     model = _model(body)
     if op == "chat":
         _check_messages(body.get("messages"))
-        _check_fields(body, _CHAT)
+        check_fields(body, _CHAT)
     elif op == "completions":
         if not _str_or_tokens(body.get("prompt")):
             raise bad_request("`prompt` is required: a string, a list of strings or token ids",
                               param="prompt")
-        _check_fields(body, _COMPLETIONS)
+        check_fields(body, _COMPLETIONS)
     else:
         if not _str_or_tokens(body.get("input")):
             raise bad_request("`input` is required: a string, a list of strings or token ids",
                               param="input")
-        _check_fields(body, _EMBEDDINGS)
+        check_fields(body, _EMBEDDINGS)
         return CanonicalRequest(op, model, body, request_id=request_id)
     stream, include_usage = _stream_flags(body)
     return CanonicalRequest(op, model, body, stream, include_usage, request_id)

@@ -1,0 +1,552 @@
+"""Anthropic- and Gemini-format mock servers: real HTTP on a loopback port, for adapter tests
+and for gateways configured against them.
+
+Each mock reproduces its provider's documented wire format, independently of our adapters
+and encoders (a shared bug would otherwise pass): Anthropic per platform.claude.com/docs
+(Messages, streaming, errors), Gemini per ai.google.dev/api (generateContent,
+streamGenerateContent with alt=sse, batchEmbedContents, Google API errors). Each records
+every request, answers with a scripted `Reply`, and fails on request with scripted
+`Failure`s (an error status, or a 200 stream that breaks with the provider's error event).
+
+    mock = AnthropicMock(reply=Reply([Text("Hi!")]))
+    with serving(mock) as root:          # a background thread, for sync code and SDKs
+        Anthropic(base_url=root, api_key=mock.api_key)   # turnout: base_url root + "/v1"
+    async with running(mock) as root:    # the test's own event loop
+        ...
+
+Gemini's base URL for a turnout provider is root + "/v1beta".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from adapters.base import Adapter
+from gateway.canonical import (
+    CanonicalRequest,
+    FailureKind,
+    StreamChunk,
+    Target,
+    UpstreamFailure,
+    Usage,
+)
+from gateway.sse import SSEParser
+from selfhost.sim import Simulator, ThreadedSim, serve
+
+# -- scripting ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Text:
+    text: str
+
+
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+    id: str = ""  # Anthropic: generated when empty; Gemini: sent only when set
+    signature: str | None = None  # Gemini thoughtSignature
+
+
+@dataclass
+class Reply:
+    """What the next successful request answers. `stop` is in the provider's own terms
+    (Anthropic stop_reason / Gemini finishReason); None picks the natural one."""
+
+    content: list[Text | ToolCall] = field(default_factory=lambda: [Text("Hello from the mock!")])
+    stop: str | None = None
+    input_tokens: int = 12
+    output_tokens: int = 5
+    cached_tokens: int = 0  # Anthropic cache_read_input_tokens / Gemini cachedContentTokenCount
+    cache_creation_tokens: int = 0  # Anthropic only
+    thoughts_tokens: int = 0  # Gemini only
+    model: str | None = None  # else the requested model is echoed
+
+
+@dataclass
+class Failure:
+    """Fail the next request: with `status` and the provider's error body, or, when
+    `mid_stream` and the request streams, with a 200 that breaks after the first text."""
+
+    status: int = 529
+    message: str = "Overloaded"
+    error_type: str | None = None  # Anthropic error type; default from the status
+    retry_after: float | None = None  # `retry-after` header (Gemini: also RetryInfo)
+    headers: dict[str, str] = field(default_factory=dict)
+    mid_stream: bool = False
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
+    body: Any  # parsed JSON, or None
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\S+\s*|\s+", text) or [""]
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status,
+                        headers={"Content-Type": "application/json", **(headers or {})})
+
+
+class _Mock:
+    """Request recording and failure scripting; subclasses speak the format."""
+
+    api_key = "mock-key"
+
+    def __init__(self, reply: Reply | None = None, *, api_key: str | None = None) -> None:
+        self.reply = reply or Reply()
+        self.api_key = api_key or self.api_key
+        self.requests: list[Recorded] = []
+        self.failures: list[Failure] = []
+        self._ids = itertools.count(1)
+
+    @property
+    def last(self) -> Recorded:
+        return self.requests[-1]
+
+    def fail(self, *failures: Failure) -> None:
+        """Queue failures; each is used by one request, in order."""
+        self.failures.extend(failures)
+
+    def next_id(self, prefix: str) -> str:
+        return f"{prefix}{next(self._ids):024d}"
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        self.requests.append(Recorded(request.method, request.path, dict(request.query),
+                                      {k.lower(): v for k, v in request.headers.items()}, body))
+        return await self.respond(request, body)
+
+    async def respond(self, request: web.BaseRequest, body: Any) -> web.StreamResponse:
+        raise NotImplementedError
+
+    def take_failure(self) -> Failure | None:
+        return self.failures.pop(0) if self.failures else None
+
+
+async def _sse(request: web.BaseRequest, events: list[bytes],
+               headers: dict[str, str]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                       "Cache-Control": "no-cache", **headers})
+    await resp.prepare(request)
+    for event in events:
+        await resp.write(event)
+    await resp.write_eof()
+    return resp
+
+
+# -- Anthropic ---------------------------------------------------------------------------------
+
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+    429: "rate_limit_error", 500: "api_error", 504: "timeout_error", 529: "overloaded_error",
+}
+
+
+class _AnthropicInvalid(Exception):
+    pass
+
+
+def _anthropic_check(body: Any, version: str) -> None:
+    """The checks of the real API that catch translation bugs (messages as the API words them)."""
+    if not isinstance(body, dict):
+        raise _AnthropicInvalid("The request body is not valid JSON.")
+    for name in ("model", "max_tokens", "messages"):
+        if name not in body:
+            raise _AnthropicInvalid(f"{name}: Field required")
+    for name in ("temperature", "top_p", "top_k"):
+        if version >= "2026-10-21" and name in body:
+            raise _AnthropicInvalid(f"{name}: Extra inputs are not permitted in API version"
+                                    f" {version}")
+    temperature = body.get("temperature")
+    if temperature is not None and not 0 <= temperature <= 1:
+        raise _AnthropicInvalid("temperature: Input should be less than or equal to 1")
+    previous_tool_ids: set[str] = set()
+    for i, msg in enumerate(body["messages"]):
+        if msg.get("role") not in ("user", "assistant"):
+            raise _AnthropicInvalid(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        blocks = msg["content"] if isinstance(msg.get("content"), list) else []
+        for k, block in enumerate(blocks):
+            if block.get("type") == "text" and not block.get("text"):
+                raise _AnthropicInvalid(f"messages.{i}.content.{k}.text: text content blocks"
+                                        " must be non-empty")
+            if block.get("type") == "tool_result" and block.get("tool_use_id") not in \
+                    previous_tool_ids:
+                raise _AnthropicInvalid(
+                    f"messages.{i}.content.{k}: unexpected `tool_use_id` found in `tool_result`"
+                    f" blocks: {block.get('tool_use_id')}. Each `tool_result` block must have a"
+                    " corresponding `tool_use` block in the previous message.")
+        previous_tool_ids = {b.get("id") for b in blocks if b.get("type") == "tool_use"}
+
+
+class AnthropicMock(_Mock):
+    """`POST /v1/messages` as api.anthropic.com answers it."""
+
+    def _headers(self, request_id: str) -> dict[str, str]:
+        reset = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        headers = {"request-id": request_id, "anthropic-organization-id": "mock-org"}
+        for kind, limit in (("requests", 4000), ("input-tokens", 400000),
+                            ("output-tokens", 80000), ("tokens", 480000)):
+            headers[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
+            headers[f"anthropic-ratelimit-{kind}-remaining"] = str(limit - 1)
+            headers[f"anthropic-ratelimit-{kind}-reset"] = reset
+        return headers
+
+    def _error(self, status: int, message: str, request_id: str, error_type: str | None = None,
+               headers: dict[str, str] | None = None) -> web.Response:
+        error = {"type": error_type or ANTHROPIC_ERROR_TYPES.get(status, "api_error"),
+                 "message": message}
+        return _json({"type": "error", "error": error, "request_id": request_id}, status,
+                     {**self._headers(request_id), **(headers or {})})
+
+    async def respond(self, request: web.BaseRequest, body: Any) -> web.StreamResponse:
+        rid = self.next_id("req_")
+        if request.method != "POST" or request.path != "/v1/messages":
+            return self._error(404, f"Not found: {request.path}", rid)
+        # SDKs before 2.0 send `x-api-key`; from 2.0 (API version 2026-10-21) a bearer token.
+        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+        key = request.headers.get("x-api-key") or bearer
+        if not key:
+            return self._error(401, "x-api-key header is required", rid)
+        if key != self.api_key:
+            return self._error(401, "invalid x-api-key", rid)
+        version = request.headers.get("anthropic-version")
+        if not version:
+            return self._error(400, "anthropic-version: header is required", rid)
+        try:
+            _anthropic_check(body, version)
+        except _AnthropicInvalid as err:
+            return self._error(400, str(err), rid)
+        stream = body.get("stream") is True
+        failure = self.take_failure()
+        if failure is not None and not (failure.mid_stream and stream):
+            extra = dict(failure.headers)
+            if failure.retry_after is not None:
+                extra["retry-after"] = f"{failure.retry_after:g}"
+            return self._error(failure.status, failure.message, rid, failure.error_type, extra)
+        message = self._message(body)
+        if not stream:
+            return _json(message, headers=self._headers(rid))
+        events = self._events(message)
+        if failure is not None:  # break after the first text delta
+            error = {"type": failure.error_type or ANTHROPIC_ERROR_TYPES.get(failure.status),
+                     "message": failure.message}
+            events = [*events[:4], _anthropic_event("error", {"error": error})]
+        return await _sse(request, events, self._headers(rid))
+
+    def _message(self, body: dict[str, Any]) -> dict[str, Any]:
+        r = self.reply
+        content: list[dict[str, Any]] = []
+        for item in r.content:
+            if isinstance(item, Text):
+                content.append({"type": "text", "text": item.text})
+            else:
+                content.append({"type": "tool_use", "id": item.id or self.next_id("toolu_"),
+                                "name": item.name, "input": item.arguments})
+        natural = "tool_use" if any(isinstance(c, ToolCall) for c in r.content) else "end_turn"
+        return {
+            "id": self.next_id("msg_"), "type": "message", "role": "assistant",
+            "model": r.model or body["model"], "content": content,
+            "stop_reason": r.stop or natural, "stop_sequence": None,
+            "usage": {"input_tokens": r.input_tokens,
+                      "cache_creation_input_tokens": r.cache_creation_tokens,
+                      "cache_read_input_tokens": r.cached_tokens,
+                      "output_tokens": r.output_tokens, "service_tier": "standard"},
+        }
+
+    def _events(self, message: dict[str, Any]) -> list[bytes]:
+        """The documented order: message_start, a ping, per block start/deltas/stop,
+        message_delta (stop_reason, output_tokens), message_stop."""
+        usage = dict(message["usage"], output_tokens=1)
+        start = dict(message, content=[], stop_reason=None, usage=usage)
+        events = [_anthropic_event("message_start", {"message": start})]
+        for index, block in enumerate(message["content"]):
+            events += _anthropic_block(index, block)
+            if index == 0:
+                events.insert(2, _anthropic_event("ping", {}))
+        delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+        events.append(_anthropic_event("message_delta", {
+            "delta": delta, "usage": {"output_tokens": message["usage"]["output_tokens"]}}))
+        events.append(_anthropic_event("message_stop", {}))
+        return events
+
+
+def _anthropic_event(name: str, data: dict[str, Any]) -> bytes:
+    payload = orjson.dumps({"type": name, **data})
+    return b"event: " + name.encode() + b"\ndata: " + payload + b"\n\n"
+
+
+def _anthropic_block(index: int, block: dict[str, Any]) -> list[bytes]:
+    if block["type"] == "text":
+        first: dict[str, Any] = {"type": "text", "text": ""}
+        deltas = [{"type": "text_delta", "text": w} for w in _words(block["text"])]
+    else:
+        first = dict(block, input={})
+        raw = orjson.dumps(block["input"]).decode()
+        # The API opens with an empty partial_json, then streams the JSON in fragments.
+        fragments = ["", *(raw[i:i + 7] for i in range(0, len(raw), 7))]
+        deltas = [{"type": "input_json_delta", "partial_json": f} for f in fragments]
+    events = [_anthropic_event("content_block_start", {"index": index, "content_block": first})]
+    events += [_anthropic_event("content_block_delta", {"index": index, "delta": d})
+               for d in deltas]
+    events.append(_anthropic_event("content_block_stop", {"index": index}))
+    return events
+
+
+# -- Gemini ------------------------------------------------------------------------------------
+
+GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+}
+_GEMINI_PATH = re.compile(r"^/v1beta/models/([^/:]+):(\w+)$")
+
+
+def google_error(status: int, message: str, retry_after: float | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": status, "message": message,
+                             "status": GOOGLE_STATUS.get(status, "UNKNOWN")}
+    if retry_after is not None:
+        error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                             "retryDelay": f"{retry_after:g}s"}]
+    return {"error": error}
+
+
+class GeminiMock(_Mock):
+    """`models/{model}:generateContent`, `:streamGenerateContent` (alt=sse, else a JSON array)
+    and `:batchEmbedContents` under /v1beta, as generativelanguage.googleapis.com answers.
+
+    `require_signatures` behaves as Gemini 3 does: a model turn whose first function call
+    carries no thoughtSignature is a 400."""
+
+    def __init__(self, reply: Reply | None = None, *, api_key: str | None = None,
+                 require_signatures: bool = False) -> None:
+        super().__init__(reply, api_key=api_key)
+        self.require_signatures = require_signatures
+
+    async def respond(self, request: web.BaseRequest, body: Any) -> web.StreamResponse:
+        match = _GEMINI_PATH.match(request.path)
+        if request.method != "POST" or match is None:
+            return _json(google_error(404, f"Not found: {request.path}"), 404)
+        key = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if not key:
+            return _json(google_error(403, "Method doesn't allow unregistered callers (callers"
+                                      " without established identity). Please use API Key or"
+                                      " other form of API consumer identity to call this API."),
+                         403)
+        if key != self.api_key:
+            return _json(google_error(400, "API key not valid. Please pass a valid API key."), 400)
+        model, method = match.groups()
+        if method == "batchEmbedContents":
+            return _json(self._embeddings(body))
+        if method not in ("generateContent", "streamGenerateContent"):
+            return _json(google_error(404, f"Method {method} not found"), 404)
+        problem = self._check(body)
+        if problem:
+            return _json(google_error(400, problem), 400)
+        return await self._generate(request, body, model, method == "streamGenerateContent")
+
+    def _check(self, body: Any) -> str | None:
+        contents = body.get("contents") if isinstance(body, dict) else None
+        if not contents:
+            return "* GenerateContentRequest.contents: contents is not specified"
+        for i, content in enumerate(contents):
+            if content.get("role") not in ("user", "model"):
+                return f"Please use a valid role: user, model. (contents[{i}])"
+            if not content.get("parts"):
+                return f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not" \
+                       " be empty."
+            calls = [p for p in content["parts"] if "functionCall" in p]
+            if self.require_signatures and calls and "thoughtSignature" not in calls[0]:
+                return ("Function call is missing a thought_signature in functionCall parts."
+                        f" (contents[{i}])")
+        return None
+
+    async def _generate(self, request: web.BaseRequest, body: dict[str, Any], model: str,
+                        stream: bool) -> web.StreamResponse:
+        failure = self.take_failure()
+        if failure is not None and not (failure.mid_stream and stream):
+            headers = dict(failure.headers)
+            if failure.retry_after is not None:
+                headers["retry-after"] = f"{failure.retry_after:g}"
+            return _json(google_error(failure.status, failure.message, failure.retry_after),
+                         failure.status, headers)
+        n = int((body.get("generationConfig") or {}).get("candidateCount") or 1)
+        chunks = self._chunks(model, n)
+        if failure is not None:
+            error = google_error(failure.status, failure.message)
+            chunks = [chunks[0], error]
+        if not stream:
+            return _json(self._whole(model, n))
+        if request.query.get("alt") != "sse":
+            return _json(chunks)
+        # Gemini separates events with CRLF pairs, and never sends [DONE].
+        return await _sse(request, [b"data: " + orjson.dumps(c) + b"\r\n\r\n" for c in chunks],
+                          {})
+
+    def _usage(self, final: bool) -> dict[str, Any]:
+        r = self.reply
+        usage: dict[str, Any] = {"promptTokenCount": r.input_tokens,
+                                 "promptTokensDetails": [{"modality": "TEXT",
+                                                          "tokenCount": r.input_tokens}]}
+        out = r.output_tokens if final else 0
+        if final:
+            usage["candidatesTokenCount"] = out
+        if r.cached_tokens:
+            usage["cachedContentTokenCount"] = r.cached_tokens
+        if r.thoughts_tokens:
+            usage["thoughtsTokenCount"] = r.thoughts_tokens
+        usage["totalTokenCount"] = r.input_tokens + out + r.thoughts_tokens
+        return usage
+
+    def _parts(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(text parts, function-call parts) of the reply."""
+        texts, calls = [], []
+        for item in self.reply.content:
+            if isinstance(item, Text):
+                texts.append({"text": item.text})
+            else:
+                fn: dict[str, Any] = {"name": item.name, "args": item.arguments}
+                if item.id:
+                    fn["id"] = item.id
+                part: dict[str, Any] = {"functionCall": fn}
+                if item.signature:
+                    part["thoughtSignature"] = item.signature
+                calls.append(part)
+        return texts, calls
+
+    def _response(self, model: str, n: int, parts: list[dict[str, Any]], final: bool,
+                  rid: str) -> dict[str, Any]:
+        candidates = []
+        for index in range(n):
+            cand: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": index}
+            if final:
+                cand["finishReason"] = self.reply.stop or "STOP"
+            candidates.append(cand)
+        return {"candidates": candidates, "usageMetadata": self._usage(final),
+                "modelVersion": self.reply.model or model, "responseId": rid}
+
+    def _whole(self, model: str, n: int) -> dict[str, Any]:
+        texts, calls = self._parts()
+        return self._response(model, n, texts + calls, True, self.next_id("resp-"))
+
+    def _chunks(self, model: str, n: int) -> list[dict[str, Any]]:
+        """Text word by word, function calls whole in one chunk, the finishReason and the
+        final usage on the last chunk (which carries the last words)."""
+        rid = self.next_id("resp-")
+        texts, calls = self._parts()
+        words = [w for t in texts for w in _words(t["text"])]
+        pieces: list[list[dict[str, Any]]] = [[{"text": w}] for w in words]
+        if calls:
+            pieces.append(calls)
+        pieces = pieces or [[{"text": ""}]]
+        return [self._response(model, n, p, i == len(pieces) - 1, rid)
+                for i, p in enumerate(pieces)]
+
+    def _embeddings(self, body: Any) -> dict[str, Any]:
+        out = []
+        for req in (body or {}).get("requests") or []:
+            text = "".join(p.get("text", "") for p in req["content"]["parts"])
+            digest = hashlib.sha256(text.encode()).digest()
+            dims = int(req.get("outputDimensionality") or 8)
+            out.append({"values": [round(digest[i % 32] / 255, 6) for i in range(dims)]})
+        return {"embeddings": out}
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def serving(*mocks: _Mock) -> Iterator[str]:
+    """Serve mocks from a background thread; yields the first one's server root URL."""
+    # The simulator's runner only needs `.handle`; the cast spares it a Protocol of its own.
+    with ThreadedSim(*(cast(Simulator, m) for m in mocks)) as threaded:
+        yield threaded.url
+
+
+@asynccontextmanager
+async def running(mock: _Mock) -> AsyncIterator[str]:
+    """Serve a mock on the running event loop; yields its server root URL."""
+    server = await serve(cast(Simulator, mock))
+    try:
+        yield server.url
+    finally:
+        await server.close()
+
+
+class Replay(_Mock):
+    """Answers every request with the same bytes: e.g. our own encoder's output, served to
+    an official SDK to prove that it parses."""
+
+    def __init__(self, body: bytes, *, status: int = 200,
+                 content_type: str = "text/event-stream; charset=utf-8") -> None:
+        super().__init__()
+        self.body, self.status, self.content_type = body, status, content_type
+
+    async def respond(self, request: web.BaseRequest, body: Any) -> web.StreamResponse:
+        return web.Response(body=self.body, status=self.status,
+                            headers={"Content-Type": self.content_type})
+
+
+# -- driving an adapter as dispatch does -------------------------------------------------------
+
+
+@dataclass
+class Exchange:
+    """What one real HTTP attempt through an adapter produced."""
+
+    status: int
+    body: bytes = b""  # the canonical (OpenAI-shaped) body, non-streamed
+    usage: Usage | None = None
+    chunks: list[StreamChunk] = field(default_factory=list)
+
+    def events(self) -> list[dict[str, Any]]:
+        """The chunks the client would see, parsed."""
+        return [orjson.loads(c.data) for c in self.chunks if c.data]
+
+
+async def attempt(adapter: Adapter, req: CanonicalRequest, target: Target) -> Exchange:
+    """build_request → aiohttp → parse_response / classify_error / stream translation, with
+    dispatch's stream rules: stop reading once the translator is finished, and an EOF
+    before that is a cut-off. Failures raise UpstreamFailure, as in dispatch."""
+    up = adapter.build_request(req, target)
+    async with aiohttp.ClientSession() as session, session.request(
+            up.method, up.url, data=up.body, headers=up.headers) as resp:
+        if resp.status >= 300:
+            raise adapter.classify_error(resp.status, resp.headers, await resp.read())
+        if not req.stream:
+            result = adapter.parse_response(req, await resp.read())
+            return Exchange(resp.status, result.body, result.usage)
+        out = Exchange(resp.status)
+        translator, parser = adapter.stream_translator(req), SSEParser()
+        while not translator.finished:
+            line = await resp.content.readline()
+            event = parser.feed_line(line) if line else parser.flush()
+            if event is not None:
+                out.chunks += translator.feed(event.event, event.data)
+            if not line and not translator.finished:
+                raise UpstreamFailure(FailureKind.PROTOCOL, "cut off before the end")
+        out.usage = next((c.usage for c in reversed(out.chunks) if c.usage), None)
+        return out
