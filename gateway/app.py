@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from gateway.config import Config, load_config
 from gateway.errors import GatewayError
+from gateway.http.admin import AdminAPI
 from gateway.http.openai import ModelsEndpoint, OpenAIEndpoint
 from gateway.http.openai_schema import error_body
 from gateway.http.ops import Readyz, healthz
@@ -51,6 +52,7 @@ def create_app(config: Config) -> Starlette:
         Route("/v1/models", ModelsEndpoint(services), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", Readyz(services), methods=["GET"]),
+        Route("/admin/{rest:path}", AdminAPI(services), methods=["GET", "POST", "PUT", "DELETE"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})

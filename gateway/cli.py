@@ -1,4 +1,4 @@
-"""`turnout` command line: serve, check-config, sim."""
+"""`turnout` command line: serve, check-config, teams, keys, usage, sim."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gateway import cli_admin
 from gateway.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = "config/turnout.yaml"
@@ -47,6 +48,10 @@ def serve(args: argparse.Namespace) -> int:
     print(f"Turnout serving {', '.join(cfg.models)} on http://{host}:{port} "
           f"({workers} worker{'s' if workers > 1 else ''}, store: "
           f"{'redis' if cfg.redis else 'in-memory'}, config: {args.config})", flush=True)
+    for team in cfg.teams:
+        for key in team.keys:
+            if key.show_at_startup:
+                print(f"{key.id} key (team {team.name}): {key.key}", flush=True)
     uvicorn.run(
         "gateway.app:app_from_env",
         factory=True,
@@ -86,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file and print every problem")
     p.add_argument("file")
     p.set_defaults(func=check_config)
+
+    cli_admin.add_commands(sub, DEFAULT_CONFIG)
 
     p = sub.add_parser("sim", help="run simulated OpenAI/vLLM-compatible upstreams")
     from selfhost import sim as simulator

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from gateway.store.base import Store, StoreUnavailable
+from gateway.store.base import AdmitArgs, AdmitResult, SettleArgs, Store, StoreUnavailable
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 
 
-def open_store(redis_url: str | None) -> Store:
-    return RedisStore(redis_url) if redis_url else MemoryStore()
+def open_store(redis_url: str | None, *, stream_maxlen: int = 1_000_000) -> Store:
+    if redis_url:
+        return RedisStore(redis_url, stream_maxlen=stream_maxlen)
+    return MemoryStore(stream_maxlen=min(stream_maxlen, 100_000))
 
 
-__all__ = ["MemoryStore", "RedisStore", "Store", "StoreUnavailable", "open_store"]
+__all__ = ["AdmitArgs", "AdmitResult", "MemoryStore", "RedisStore", "SettleArgs", "Store",
+           "StoreUnavailable", "open_store"]

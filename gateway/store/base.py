@@ -7,17 +7,84 @@ compose read-modify-write sequences themselves.
 
 from __future__ import annotations
 
+import builtins
+from dataclasses import dataclass
 from typing import Protocol
+
+from policies.budgets import Budget
+from policies.ratelimits import Limits, LimitState
 
 
 class StoreUnavailable(Exception):
     """The backing store cannot be reached; callers apply their outage policy."""
 
 
+# The admission script's limiters, in its KEYS/ARGV order: (name, key scope, kind).
+LIMITERS = (("key_rpm", True, "rpm"), ("key_tpm", True, "tpm"),
+            ("team_rpm", False, "rpm"), ("team_tpm", False, "tpm"))
+ROLLUP_METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens",
+                  "cost_nanos", "cache_hits", "errors", "estimated")
+
+
+@dataclass(slots=True)
+class AdmitArgs:
+    team: str
+    key_id: str
+    request_id: str
+    check_key: bool  # refuse when the key's record is gone (revoked)
+    key_limits: Limits
+    team_limits: Limits
+    tokens: int  # reserved on the TPM limiters
+    team_budget: Budget | None
+    key_budget: Budget | None
+    cost_nanos: int  # reserved on the budgets
+    ttl_ms: int  # the reservation expires after this (its request's process died)
+
+    def limits(self) -> tuple[int, int, int, int]:
+        return (self.key_limits.rpm, self.key_limits.tpm,
+                self.team_limits.rpm, self.team_limits.tpm)
+
+
+@dataclass(slots=True)
+class AdmitResult:
+    refused: str = ""  # "" | "revoked" | a LIMITERS name | "team_budget" | "key_budget"
+    retry_ms: float = 0.0  # refused by a limiter: until it would fit (-1: never)
+    requests: LimitState | None = None  # the tighter RPM limiter, for the headers
+    tokens: LimitState | None = None
+
+
+@dataclass(slots=True)
+class SettleArgs:
+    team: str
+    key_id: str
+    request_id: str
+    token_delta: int  # real tokens minus those reserved on the TPM limiters
+    key_tpm: int  # the limits the reservation was made under (0: none, or not reserved)
+    team_tpm: int
+    cost_nanos: int
+    team_period: str
+    key_period: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cache_hit: bool
+    error: bool
+    estimated: bool
+    event: bytes  # the JSON usage event
+
+    def rollup(self) -> tuple[int, ...]:
+        """Increments in ROLLUP_METRICS order."""
+        return (1, self.prompt_tokens, self.completion_tokens, self.cached_tokens,
+                self.cost_nanos, int(self.cache_hit), int(self.error), int(self.estimated))
+
+
 class Store(Protocol):
     name: str
 
     async def get(self, key: str) -> bytes | None: ...
+
+    async def mget(self, keys: list[str]) -> list[bytes | None]: ...
 
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None: ...
 
@@ -29,6 +96,32 @@ class Store(Protocol):
 
     async def incr(self, key: str, amount: int = 1, *, ttl_s: float | None = None) -> int:
         """Add to an integer counter (created at 0); the TTL is set when the key is created."""
+        ...
+
+    async def hgetall(self, key: str) -> dict[str, bytes]: ...
+
+    async def hget(self, key: str, field: str) -> bytes | None: ...
+
+    async def hset(self, key: str, field: str, value: bytes) -> None: ...
+
+    async def hdel(self, key: str, field: str) -> bool:
+        """True when the field existed."""
+        ...
+
+    async def sadd(self, key: str, member: str) -> None: ...
+
+    async def smembers(self, key: str) -> builtins.set[str]: ...
+
+    async def xrange(self, key: str, after: str | None, count: int) -> list[tuple[str, bytes]]:
+        """Up to `count` stream entries (id, field `e`) with ids after `after` (None: all)."""
+        ...
+
+    async def admit(self, args: AdmitArgs) -> AdmitResult:
+        """Check and reserve everything a request needs, all or nothing, one round trip."""
+        ...
+
+    async def settle(self, args: SettleArgs) -> None:
+        """Settle an admitted request and record its usage event, atomically."""
         ...
 
     async def ping(self) -> bool: ...

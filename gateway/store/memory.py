@@ -6,14 +6,21 @@ operation is atomic with respect to the others.
 
 from __future__ import annotations
 
+import builtins
 import time
+
+from gateway.store import memory_ledger
+from gateway.store.base import AdmitArgs, AdmitResult, SettleArgs
+from gateway.store.memory_ledger import LedgerState
 
 
 class MemoryStore:
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, *, stream_maxlen: int = 100_000) -> None:
         self._data: dict[str, tuple[bytes | int, float | None]] = {}
+        self._sets: dict[str, set[str]] = {}
+        self._ledger = LedgerState(stream_maxlen)
 
     def _live(self, key: str) -> bytes | int | None:
         item = self._data.get(key)
@@ -56,8 +63,50 @@ class MemoryStore:
         self._data[key] = (total, self._data[key][1])
         return total
 
+    async def mget(self, keys: list[str]) -> list[bytes | None]:
+        return [await self.get(k) for k in keys]
+
+    async def hgetall(self, key: str) -> dict[str, bytes]:
+        return {k: _bytes(v) for k, v in self._ledger.hashes.get(key, {}).items()}
+
+    async def hget(self, key: str, field: str) -> bytes | None:
+        value = self._ledger.hashes.get(key, {}).get(field)
+        return None if value is None else _bytes(value)
+
+    async def hset(self, key: str, field: str, value: bytes) -> None:
+        self._ledger.hash(key)[field] = value
+
+    async def hdel(self, key: str, field: str) -> bool:
+        return self._ledger.hash(key).pop(field, None) is not None
+
+    async def sadd(self, key: str, member: str) -> None:
+        self._sets.setdefault(key, set()).add(member)
+
+    async def smembers(self, key: str) -> builtins.set[str]:
+        return set(self._sets.get(key, ()))
+
+    async def xrange(self, key: str, after: str | None, count: int) -> list[tuple[str, bytes]]:
+        entries = self._ledger.streams.get(key, ())
+        start = _stream_id(after) if after else (-1, -1)
+        return [e for e in entries if _stream_id(e[0]) > start][:count]
+
+    async def admit(self, args: AdmitArgs) -> AdmitResult:
+        return memory_ledger.admit(self._ledger, args)
+
+    async def settle(self, args: SettleArgs) -> None:
+        memory_ledger.settle(self._ledger, args)
+
     async def ping(self) -> bool:
         return True
 
     async def close(self) -> None:
         self._data.clear()
+
+
+def _bytes(value: bytes | int) -> bytes:
+    return b"%d" % value if isinstance(value, int) else value
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)

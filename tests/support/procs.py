@@ -86,16 +86,19 @@ class Gateway:
 class RedisServer:
     """A private redis-server on a free port: never the machine's shared 6379."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, port: int | None = None, persist: bool = False) -> None:
+        """`port`: restart on a known port; `persist`: an append-only file fsynced on every
+        write, so a restart (even after SIGKILL) comes back with the same data."""
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (the test command installs it)")
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log = workdir / f"redis-{self.port}.log"
+        aof = ["yes", "--appendfsync", "always"] if persist else ["no"]
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir), "--logfile", str(self.log)],
+             "--appendonly", *aof, "--dir", str(workdir), "--logfile", str(self.log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -111,3 +114,8 @@ class RedisServer:
 
     def stop(self) -> None:
         stop(self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL: an outage with no goodbye to the clients."""
+        self.proc.kill()
+        self.proc.wait()

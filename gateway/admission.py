@@ -1,0 +1,118 @@
+"""Admission: rate limits and budgets for one request, in one store round trip.
+
+The request reserves its estimated tokens (prompt estimate + its output limit) on the
+key's and team's TPM limiters, one request on the RPM limiters, and its worst-case cost
+(the dearest deployment of its model) on the budgets; `gateway.metering` settles all of
+it to the real figures afterwards. Anonymous requests (no keys configured) skip this.
+
+When the store is unreachable, `admission.on_store_outage` decides: `fail-closed`
+refuses with 503; `fail-open` admits against per-process limiters (the same GCRA, in
+memory; budgets cannot be checked without the shared ledger, so they are not) and the
+usage is recorded once the store is back. After a failure the store is not asked again
+for `_RETRY_S`, so an outage does not cost every request a connect timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+from gateway.canonical import CanonicalRequest, Deployment
+from gateway.config import AdmissionConfig
+from gateway.errors import GatewayError
+from gateway.metering import Ticket
+from gateway.store import AdmitArgs, AdmitResult, MemoryStore, Store, StoreUnavailable
+from policies import ratelimits
+from policies.keys import Principal
+from policies.pricing import max_output_tokens, prompt_tokens, worst_case_nanos
+from policies.ratelimits import Limits
+
+log = logging.getLogger("turnout.admission")
+
+_RETRY_S = 1.0
+_KIND = {"rpm": "requests", "tpm": "tokens"}
+
+
+class Admission:
+    def __init__(self, store: Store, cfg: AdmissionConfig, total_timeout_s: float) -> None:
+        self.store = store
+        self.fail_open = cfg.on_store_outage == "fail-open"
+        self.fallback = Limits(**cfg.fallback.model_dump()) if cfg.fallback else None
+        self.default_max_tokens = cfg.default_max_tokens
+        # A reservation outlives any request that can still settle it.
+        self.ttl_ms = int(1000 * (cfg.reservation_ttl_s or total_timeout_s + 60))
+        self._local = MemoryStore(stream_maxlen=1000)
+        self._down_until = 0.0
+        self._why = ""
+
+    async def admit(self, principal: Principal, req: CanonicalRequest,
+                    deployments: Sequence[Deployment]) -> Ticket:
+        prompt = prompt_tokens(req.operation, req.body)
+        output = max_output_tokens(req.operation, req.body, self.default_max_tokens)
+        if principal.anonymous:
+            return Ticket(principal, req, prompt, output, 0, [])
+        budgeted = principal.team_budget is not None or principal.key_budget is not None
+        args = AdmitArgs(
+            team=principal.team, key_id=principal.key_id, request_id=req.request_id,
+            check_key=True, key_limits=principal.key_limits, team_limits=principal.team_limits,
+            tokens=prompt + output, team_budget=principal.team_budget,
+            key_budget=principal.key_budget,
+            cost_nanos=worst_case_nanos(deployments, prompt, output) if budgeted else 0,
+            ttl_ms=self.ttl_ms)
+        result, shared = await self._decide(args)
+        if result.refused:
+            raise refusal(result, principal)
+        return Ticket(principal, req, prompt, output, args.tokens if shared else 0,
+                      ratelimits.headers(result.requests, result.tokens))
+
+    async def _decide(self, args: AdmitArgs) -> tuple[AdmitResult, bool]:
+        """(verdict, whether the shared store made it)."""
+        if time.monotonic() >= self._down_until:
+            try:
+                return await self.store.admit(args), True
+            except StoreUnavailable as err:
+                log.warning("admission: %s; applying %s for %gs", err,
+                            "fail-open" if self.fail_open else "fail-closed", _RETRY_S)
+                self._down_until = time.monotonic() + _RETRY_S
+                self._why = str(err)
+        if not self.fail_open:
+            raise GatewayError(503, f"the rate-limit store is unavailable ({self._why}) and the"
+                               " gateway is configured to fail closed; try again shortly",
+                               type="server_error", code="store_unavailable",
+                               headers={"retry-after": str(int(_RETRY_S))})
+        args.check_key, args.team_budget, args.key_budget, args.cost_nanos = (
+            False, None, None, 0)
+        if self.fallback is not None:
+            args.key_limits = args.team_limits = self.fallback
+        return await self._local.admit(args), False
+
+
+def refusal(result: AdmitResult, p: Principal) -> GatewayError:
+    if result.refused == "revoked":
+        return GatewayError(401, "This API key has been revoked.", code="invalid_api_key")
+    if result.refused.endswith("budget"):
+        whose = f"key {p.key_id}" if result.refused == "key_budget" else f"team {p.team}"
+        budget = p.key_budget if result.refused == "key_budget" else p.team_budget
+        period = budget.period if budget else ""
+        return GatewayError(429, f"{whose} has exhausted its {period} budget"
+                            f" (${budget.usd if budget else 0:g}); this request's worst-case"
+                            " cost does not fit in what is left", type="insufficient_quota",
+                            code="insufficient_quota")
+    scope, kind = result.refused.split("_")
+    who = f"key {p.key_id}" if scope == "key" else f"team {p.team}"
+    state = result.requests or result.tokens
+    limit = state.limit if state else 0
+    headers = dict((k.decode(), v.decode())
+                   for k, v in ratelimits.headers(result.requests, result.tokens))
+    if result.retry_ms < 0:
+        message = (f"Request too large for {who}: it needs more {_KIND[kind]} than the"
+                   f" limit of {limit} per minute")
+    else:
+        headers["retry-after"] = str(max(1, math.ceil(result.retry_ms / 1000)))
+        headers["retry-after-ms"] = str(int(result.retry_ms))
+        message = (f"Rate limit reached for {_KIND[kind]} per minute on {who}: limit {limit}."
+                   f" Please try again in {ratelimits.duration(result.retry_ms)}.")
+    return GatewayError(429, message, type=_KIND[kind], code="rate_limit_exceeded",
+                        headers=headers)

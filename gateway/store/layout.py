@@ -1,0 +1,47 @@
+"""Store key names, in one place for both stores.
+
+Everything about a team lives under `turnout:{team}:…`: the braces are a Redis Cluster
+hash tag, so a team's records, limiters, budget, reservations, rollups and event stream
+share one slot and one Lua script can update them atomically. Only the two indexes that
+must be found before the team is known are global: the key-hash → (team, key id) index
+used by authentication, and the set of team names.
+"""
+
+from __future__ import annotations
+
+TEAMS = "turnout:teams"  # SET of team names
+
+
+def key_index(key_hash: str) -> str:
+    return f"turnout:keyhash:{key_hash}"  # → b"team\nkey_id"
+
+
+def team(name: str) -> str:
+    return f"turnout:{{{name}}}:team"  # JSON TeamPolicy
+
+
+def keys(name: str) -> str:
+    return f"turnout:{{{name}}}:keys"  # HASH key id → JSON KeyRecord
+
+
+def limiter(name: str, key_id: str | None, kind: str) -> str:
+    """GCRA TAT for `kind` (rpm | tpm) of a key, or of the whole team (key_id None)."""
+    scope = f"k:{key_id}" if key_id is not None else "team"
+    return f"turnout:{{{name}}}:rl:{scope}:{kind}"
+
+
+def budget(name: str) -> str:
+    # HASH: period, spent, reserved, k:<id>:{period,spent,reserved}, r:<request id>
+    return f"turnout:{{{name}}}:budget"
+
+
+def reservations(name: str) -> str:
+    return f"turnout:{{{name}}}:resv"  # ZSET request id → expiry (ms)
+
+
+def rollup(name: str) -> str:
+    return f"turnout:{{{name}}}:rollup"  # HASH "<day>|<model>|<metric>" → integer
+
+
+def events(name: str) -> str:
+    return f"turnout:{{{name}}}:events"  # STREAM, field `e` = JSON usage event

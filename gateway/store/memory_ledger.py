@@ -1,0 +1,135 @@
+"""The in-memory store's admission and settlement: `lua/admit.lua` and `lua/settle.lua`
+step for step, on plain dicts, with the GCRA and budget arithmetic of `policies/`."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from gateway.store import layout
+from gateway.store.base import LIMITERS, ROLLUP_METRICS, AdmitArgs, AdmitResult, SettleArgs
+from policies.budgets import day, period_id
+from policies.ratelimits import LimitState, Verdict, adjust, gcra
+
+# Counters stay ints here (no parsing per update); `MemoryStore.hgetall` renders them as
+# bytes, as Redis returns them.
+Hash = dict[str, bytes | int]
+
+
+@dataclass
+class LedgerState:
+    stream_maxlen: int
+    hashes: dict[str, Hash] = field(default_factory=dict)
+    tats: dict[str, float] = field(default_factory=dict)  # GCRA limiters
+    zsets: dict[str, dict[str, float]] = field(default_factory=dict)  # reservations
+    streams: dict[str, deque[tuple[str, bytes]]] = field(default_factory=dict)
+    _last_id: tuple[int, int] = (0, 0)
+
+    def hash(self, key: str) -> Hash:
+        return self.hashes.setdefault(key, {})
+
+    def xadd(self, key: str, value: bytes, now_ms: float) -> None:
+        ms, seq = int(now_ms), 0
+        if ms <= self._last_id[0]:  # ids must grow, like Redis's
+            ms, seq = self._last_id[0], self._last_id[1] + 1
+        self._last_id = (ms, seq)
+        stream = self.streams.setdefault(key, deque(maxlen=self.stream_maxlen))
+        stream.append((f"{ms}-{seq}", value))
+
+
+def _incr(h: Hash, name: str, amount: int) -> None:
+    h[name] = int(h.get(name, 0)) + amount
+
+
+def _balance(h: Hash, prefix: str, period: str, now_s: float) -> tuple[int, int]:
+    pid = period_id(period, now_s).encode()
+    reserved = int(h.get(prefix + "reserved", 0))
+    if h.get(prefix + "period") != pid:
+        h[prefix + "period"], h[prefix + "spent"] = pid, 0
+        return 0, reserved
+    return int(h.get(prefix + "spent", 0)), reserved
+
+
+def _release(st: LedgerState, team: str, rid: str) -> None:
+    h, resv = st.hash(layout.budget(team)), st.zsets.setdefault(layout.reservations(team), {})
+    resv.pop(rid, None)
+    record = h.pop("r:" + rid, None)
+    if record is None:
+        return
+    amount, key_id = bytes(record).decode().split(" ", 1)
+    _incr(h, "reserved", -int(amount))
+    _incr(h, f"k:{key_id}:reserved", -int(amount))
+
+
+def _state(v: Verdict, limit: int) -> LimitState:
+    return LimitState(limit, v.remaining, v.reset_ms)
+
+
+def _tighter(a: LimitState | None, b: LimitState | None) -> LimitState | None:
+    return b if a is None or (b is not None and b.remaining < a.remaining) else a
+
+
+def admit(st: LedgerState, a: AdmitArgs) -> AdmitResult:
+    now_s = time.time()
+    now = now_s * 1000
+    if a.check_key and a.key_id not in st.hash(layout.keys(a.team)):
+        return AdmitResult("revoked")
+    passed: dict[str, tuple[str, Verdict, int]] = {}
+    for (name, per_key, kind), limit in zip(LIMITERS, a.limits(), strict=True):
+        if limit <= 0:
+            continue
+        lkey = layout.limiter(a.team, a.key_id if per_key else None, kind)
+        v = gcra(st.tats.get(lkey, 0.0), now, limit, 1 if kind == "rpm" else a.tokens)
+        if not v.allowed:
+            retry = -1 if math.isinf(v.retry_ms) else math.ceil(v.retry_ms)
+            state = _state(v, limit)
+            return AdmitResult(name, retry, *((state, None) if kind == "rpm" else (None, state)))
+        passed[name] = (lkey, v, limit)
+
+    resv = st.zsets.setdefault(layout.reservations(a.team), {})
+    for rid in [r for r, expiry in resv.items() if expiry <= now]:
+        _release(st, a.team, rid)
+    h = st.hash(layout.budget(a.team))
+    kprefix = f"k:{a.key_id}:"
+    for budget, prefix, refusal in ((a.team_budget, "", "team_budget"),
+                                    (a.key_budget, kprefix, "key_budget")):
+        if budget is not None:
+            spent, reserved = _balance(h, prefix, budget.period, now_s)
+            if spent + reserved + a.cost_nanos > budget.nanos:
+                return AdmitResult(refusal)
+
+    for lkey, v, _ in passed.values():
+        st.tats[lkey] = v.tat
+    if a.cost_nanos > 0 and (a.team_budget is not None or a.key_budget is not None):
+        _incr(h, "reserved", a.cost_nanos)
+        _incr(h, kprefix + "reserved", a.cost_nanos)
+        h["r:" + a.request_id] = f"{a.cost_nanos} {a.key_id}".encode()
+        resv[a.request_id] = now + a.ttl_ms
+    states = {name: _state(v, limit) for name, (_, v, limit) in passed.items()}
+    return AdmitResult(
+        requests=_tighter(states.get("key_rpm"), states.get("team_rpm")),
+        tokens=_tighter(states.get("key_tpm"), states.get("team_tpm")))
+
+
+def settle(st: LedgerState, s: SettleArgs) -> None:
+    now_s = time.time()
+    now = now_s * 1000
+    if s.token_delta:
+        for key_id, limit in ((s.key_id, s.key_tpm), (None, s.team_tpm)):
+            if limit > 0:
+                lkey = layout.limiter(s.team, key_id, "tpm")
+                st.tats[lkey] = adjust(st.tats.get(lkey, 0.0), now, limit, s.token_delta)
+    _release(st, s.team, s.request_id)
+    h = st.hash(layout.budget(s.team))
+    kprefix = f"k:{s.key_id}:"
+    _balance(h, "", s.team_period, now_s)
+    _balance(h, kprefix, s.key_period, now_s)
+    _incr(h, "spent", s.cost_nanos)
+    _incr(h, kprefix + "spent", s.cost_nanos)
+    rollup = st.hash(layout.rollup(s.team))
+    prefix = f"{day(now_s)}|{s.model}|"
+    for metric, amount in zip(ROLLUP_METRICS, s.rollup(), strict=True):
+        _incr(rollup, prefix + metric, amount)
+    st.xadd(layout.events(s.team), s.event, now)
