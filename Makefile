@@ -5,3 +5,10 @@ test:  ## install everything, lint, type-check and run every test
 	scripts/test.sh
 lint:
 	scripts/bootstrap.sh && .venv/bin/ruff check . && .venv/bin/mypy
+.PHONY: bench
+bench: ## Turnout vs direct vs floor proxy vs LiteLLM (~5 min; extra flags: make bench ARGS="--rounds 2")
+	scripts/bootstrap.sh && .venv/bin/python -m bench $(ARGS)
+
+.PHONY: routing-sim
+routing-sim:  ## routing policies on the same simulated traffic: tables, JSON, plots in bench/results (seconds; ARGS="--seed 2")
+	scripts/bootstrap.sh && .venv/bin/python -m bench.routing_sim $(ARGS)

@@ -23,6 +23,8 @@ class CanonicalRequest:
     stream: bool = False
     include_usage: bool = False  # did the *client* ask for a usage chunk
     request_id: str = ""
+    slo_ttft_ms: float | None = None  # from `x-turnout-slo-ttft-ms`
+    priority: int | None = None  # from `x-turnout-priority` (may only lower the team's)
 
 
 @dataclass(slots=True)
@@ -131,3 +133,5 @@ class Deployment:
     price_input: float = 0.0  # USD per 1M tokens
     price_output: float = 0.0
     pool: str | None = None  # set for self-hosted replicas
+    weight: float = 1.0  # for the weighted policy
+    price_cached_input: float | None = None  # None: cached input costs price_input

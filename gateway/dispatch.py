@@ -2,12 +2,14 @@
 
 One attempt per request for now (the first candidate of the plan); retries, fallbacks
 and hedging build on `Attempt`. Timeouts: connect (in the client), first token (response
-head plus first chunk for streams), idle (gap between chunks) and total.
+head plus first chunk for streams), idle (gap between chunks) and total. Every attempt
+reports its latencies or its failure to the scoreboard, which routing reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,6 +20,7 @@ from adapters.base import StreamTranslator
 from gateway.canonical import (
     CanonicalRequest,
     Deployment,
+    ErrorClass,
     FailureKind,
     StreamChunk,
     UpstreamFailure,
@@ -27,7 +30,7 @@ from gateway.config import Timeouts
 from gateway.sse import SSEParser
 from gateway.upstream import CUT_OFF, Response, UpstreamClient, read_error
 from policies.routing.base import Plan
-from policies.scoreboard import Scoreboard
+from policies.scoreboard import DeploymentStats, Scoreboard
 
 
 @dataclass(slots=True)
@@ -35,6 +38,39 @@ class Completed:
     body: bytes
     usage: Usage | None
     deployment: Deployment
+
+
+class Attempt:
+    """One request to one deployment: its clock and its single report to the scoreboard."""
+
+    __slots__ = ("board", "deployment", "reported", "started", "stats", "ttft")
+
+    def __init__(self, board: Scoreboard, deployment: Deployment) -> None:
+        self.board = board
+        self.deployment = deployment
+        self.stats: DeploymentStats = board.started(deployment)
+        self.started = time.perf_counter()
+        self.ttft: float | None = None
+        self.reported = False
+
+    def succeeded(self, chunks: int = 0) -> None:
+        self.reported = True
+        e2e = time.perf_counter() - self.started
+        itl = None
+        if self.ttft is not None and chunks > 1:
+            itl = (e2e - self.ttft) / (chunks - 1)
+        self.board.succeeded(self.stats, e2e_s=e2e, streamed=self.ttft is not None, itl_s=itl)
+
+    def failed(self, err: BaseException) -> None:
+        if self.reported:
+            return
+        self.reported = True
+        if isinstance(err, UpstreamFailure):
+            self.board.failed(self.stats, err.message,
+                              timeout=err.kind is FailureKind.TIMEOUT,
+                              upstream_fault=err.error_class is ErrorClass.RETRYABLE)
+        else:  # cancelled: the client went away, which says nothing about the upstream
+            self.board.failed(self.stats, type(err).__name__, upstream_fault=False)
 
 
 class UpstreamStream:
@@ -46,24 +82,19 @@ class UpstreamStream:
     upstream learns that the client went away.
     """
 
-    def __init__(
-        self,
-        dispatcher: Dispatcher,
-        deployment: Deployment,
-        resp: Response,
-        translator: StreamTranslator,
-        parser: SSEParser,
-        first: list[StreamChunk],
-        deadline: float,
-    ) -> None:
-        self.deployment = deployment
+    def __init__(self, dispatcher: Dispatcher, attempt: Attempt, resp: Response,
+                 translator: StreamTranslator, parser: SSEParser, first: list[StreamChunk],
+                 deadline: float) -> None:
+        self.deployment = attempt.deployment
         self.usage: Usage | None = None
         self._dispatcher = dispatcher
+        self._attempt = attempt
         self._resp = resp
         self._translator = translator
         self._parser = parser
         self._pending = first
         self._deadline = deadline
+        self._chunks = 0
         self._closed = False
         self._ok = False
 
@@ -79,23 +110,26 @@ class UpstreamStream:
                 while not self._translator.finished:
                     budget.reschedule(min(loop.time() + idle, self._deadline))
                     line = await content.readline()
-                    if not line:
-                        event = self._parser.flush()
-                        if event is not None:
-                            for chunk in self._translator.feed(event.event, event.data):
-                                yield self._note(chunk)
-                        if not self._translator.finished:
-                            raise UpstreamFailure(FailureKind.PROTOCOL, CUT_OFF)
-                        break
-                    event = self._parser.feed_line(line)
+                    event = self._parser.feed_line(line) if line else self._parser.flush()
                     if event is not None:
                         for chunk in self._translator.feed(event.event, event.data):
                             yield self._note(chunk)
+                    if not line:
+                        if not self._translator.finished:
+                            raise UpstreamFailure(FailureKind.PROTOCOL, CUT_OFF)
+                        break
         except (TimeoutError, aiohttp.ClientError) as err:
-            raise read_error(err) from None
+            failure = read_error(err)
+            self._attempt.failed(failure)
+            raise failure from None
+        except UpstreamFailure as failure:
+            self._attempt.failed(failure)
+            raise
         self._ok = True
+        self._attempt.succeeded(self._chunks)
 
     def _note(self, chunk: StreamChunk) -> StreamChunk:
+        self._chunks += 1
         if chunk.usage is not None:
             self.usage = chunk.usage
         return chunk
@@ -108,7 +142,7 @@ class UpstreamStream:
             self._resp.release()
         else:
             self._resp.close()  # drop the connection: the upstream sees the request end
-        self._dispatcher.board.finished(self.deployment, ok=self._ok)
+            self._attempt.failed(asyncio.CancelledError())
 
 
 class Dispatcher:
@@ -121,8 +155,7 @@ class Dispatcher:
         dep = plan.candidates[0]
         adapter = get_adapter(dep.dialect)
         ureq = adapter.build_request(req, dep.target)
-        self.board.started(dep)
-        ok = False
+        attempt = Attempt(self.board, dep)
         try:
             async with asyncio.timeout(self.timeouts.total_s):
                 resp = await self.client.send(ureq)
@@ -133,16 +166,20 @@ class Dispatcher:
             if resp.status >= 300:
                 raise _redacted(adapter.classify_error(resp.status, resp.headers, body), dep)
             result = adapter.parse_response(req, body)
-            ok = True
-            return Completed(result.body, result.usage, dep)
         except TimeoutError:
-            raise UpstreamFailure(
-                FailureKind.TIMEOUT, f"no response within {self.timeouts.total_s:g}s"
-            ) from None
+            failure = UpstreamFailure(FailureKind.TIMEOUT,
+                                      f"no response within {self.timeouts.total_s:g}s")
+            attempt.failed(failure)
+            raise failure from None
         except aiohttp.ClientError as err:
-            raise read_error(err) from None
-        finally:
-            self.board.finished(dep, ok=ok)
+            failure = read_error(err)
+            attempt.failed(failure)
+            raise failure from None
+        except BaseException as err:
+            attempt.failed(err)
+            raise
+        attempt.succeeded()
+        return Completed(result.body, result.usage, dep)
 
     async def open_stream(self, req: CanonicalRequest, plan: Plan) -> UpstreamStream:
         dep = plan.candidates[0]
@@ -150,7 +187,7 @@ class Dispatcher:
         ureq = adapter.build_request(req, dep.target)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeouts.total_s
-        self.board.started(dep)
+        attempt = Attempt(self.board, dep)
         resp: Response | None = None
         try:
             async with asyncio.timeout(min(self.timeouts.first_token_s, self.timeouts.total_s)):
@@ -164,16 +201,16 @@ class Dispatcher:
         except BaseException as err:
             if resp is not None:
                 resp.close()
-            self.board.finished(dep, ok=False)
             if isinstance(err, TimeoutError):
-                raise UpstreamFailure(
-                    FailureKind.TIMEOUT,
-                    f"no first token within {self.timeouts.first_token_s:g}s",
-                ) from None
-            if isinstance(err, aiohttp.ClientError):
-                raise read_error(err) from None
-            raise
-        return UpstreamStream(self, dep, resp, translator, parser, first, deadline)
+                err = UpstreamFailure(FailureKind.TIMEOUT,
+                                      f"no first token within {self.timeouts.first_token_s:g}s")
+            elif isinstance(err, aiohttp.ClientError):
+                err = read_error(err)
+            attempt.failed(err)
+            raise err from None
+        attempt.ttft = time.perf_counter() - attempt.started
+        self.board.first_token(attempt.stats, attempt.ttft)
+        return UpstreamStream(self, attempt, resp, translator, parser, first, deadline)
 
 
 async def _first_chunks(

@@ -1,22 +1,15 @@
-"""Model registry: public model name → the deployments that can serve it."""
+"""Model registry: public model name → the deployments that can serve it.
+
+Each provider is one deployment per model; each pool replica is one deployment per
+model, identified by its address (`pool/host:port`) so the id survives membership
+changes. Pool membership can change at runtime (DNS discovery): `set_members` swaps in
+a rebuilt model table in one assignment, so a request sees the old or the new one.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from gateway.canonical import Deployment, Target
-from gateway.config import Config, Pool, Provider
-
-
-@dataclass(slots=True)
-class Registry:
-    models: dict[str, list[Deployment]]
-    pool_endpoints: dict[str, list[str]] = field(default_factory=dict)  # server roots
-    simulated: set[str] = field(default_factory=set)  # targets served by a simulator
-
-
-def pool_members(pool: Pool, simulated: dict[str, list[str]]) -> list[str]:
-    return simulated.get(pool.name) or pool.endpoints
+from gateway.config import Config, DeploymentConfig, Price, Provider
 
 
 def provider_base(provider: Provider, simulated: dict[str, list[str]]) -> tuple[str, str | None]:
@@ -27,27 +20,45 @@ def provider_base(provider: Provider, simulated: dict[str, list[str]]) -> tuple[
     return provider.base_url, provider.api_key or None
 
 
-def build_registry(cfg: Config, simulated: dict[str, list[str]]) -> Registry:
-    providers = {p.name: p for p in cfg.providers}
-    pools = {p.name: p for p in cfg.pools}
-    models: dict[str, list[Deployment]] = {}
-    for name, mc in cfg.models.items():
-        deps: list[Deployment] = []
-        for dc in mc.deployments:
-            price = (dc.price.input, dc.price.output)
-            if dc.target in pools:
-                for i, root in enumerate(pool_members(pools[dc.target], simulated)):
-                    target = Target(base_url=root + "/v1", upstream_model=dc.model)
-                    deps.append(Deployment(f"{dc.target}/{i}", name, "openai", target, *price,
-                                           pool=dc.target))
-            else:
-                prov = providers[dc.target]
-                base, key = provider_base(prov, simulated)
-                target = Target(base, dc.model, key, dict(prov.headers))
-                deps.append(Deployment(prov.name, name, prov.dialect, target, *price))
-        models[name] = deps
-    return Registry(
-        models=models,
-        pool_endpoints={p.name: pool_members(p, simulated) for p in cfg.pools},
-        simulated=set(simulated),
-    )
+def replica_id(pool: str, root: str) -> str:
+    return f"{pool}/{root.split('://', 1)[-1]}"
+
+
+class Registry:
+    def __init__(self, cfg: Config, simulated: dict[str, list[str]]) -> None:
+        self._cfg = cfg
+        self._providers = {p.name: p for p in cfg.providers}
+        self._pools = {p.name: p for p in cfg.pools}
+        self.simulated = simulated  # target name → simulator server roots
+        # Pool name → server roots. DNS-discovered pools start empty until resolved.
+        self.members: dict[str, list[str]] = {
+            p.name: simulated.get(p.name) or [e for e in p.endpoints
+                                              if not e.startswith("dns://")]
+            for p in cfg.pools}
+        self.models: dict[str, list[Deployment]] = self._build()
+
+    def set_members(self, pool: str, roots: list[str]) -> None:
+        self.members = {**self.members, pool: sorted(roots)}
+        self.models = self._build()
+
+    def _build(self) -> dict[str, list[Deployment]]:
+        return {name: [d for dc in mc.deployments for d in self._deployments(name, dc)]
+                for name, mc in self._cfg.models.items()}
+
+    def _deployments(self, model: str, dc: DeploymentConfig) -> list[Deployment]:
+        pool = self._pools.get(dc.target)
+        p = dc.price or (pool.price if pool else None) or Price()  # type: ignore[call-arg]
+        if pool is not None:
+            return [Deployment(replica_id(pool.name, root), model, "openai",
+                               Target(base_url=root + "/v1", upstream_model=dc.model),
+                               p.input, p.output, pool=pool.name, weight=dc.weight,
+                               price_cached_input=p.cached_input)
+                    for root in self.members[pool.name]]
+        prov = self._providers[dc.target]
+        base, key = provider_base(prov, self.simulated)
+        # A simulated stand-in speaks OpenAI's dialect whatever the real provider speaks.
+        dialect = "openai" if prov.name in self.simulated else prov.dialect
+        return [Deployment(f"{prov.name}/{dc.model}", model, dialect,
+                           Target(base, dc.model, key, dict(prov.headers), dict(prov.options)),
+                           p.input, p.output, weight=dc.weight,
+                           price_cached_input=p.cached_input)]

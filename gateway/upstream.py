@@ -35,6 +35,12 @@ class UpstreamClient:
             skip_auto_headers=("User-Agent",),
         )
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared connection pool, for background probes that speak plain HTTP."""
+        assert self._session is not None, "UpstreamClient.start() was not awaited"
+        return self._session
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

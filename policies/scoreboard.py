@@ -1,14 +1,43 @@
 """Per-process live telemetry per deployment, read by routing policies.
 
 Kept in memory on purpose: it describes what *this* process sees, is written on every
-attempt, and must cost nothing on the hot path.
+attempt, and must cost next to nothing on the hot path. Two sources feed it: every
+upstream attempt (dispatch) and, for self-hosted replicas, the pool monitor's `/health`
+probes and `/metrics` scrapes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import bisect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from gateway.canonical import Deployment
+from policies.telemetry import DecayingRate, PeakEWMA, WindowedQuantiles
+
+SIZE_EDGES = (512, 2048)  # prompt-token buckets for TTFT: short, medium, long
+
+
+def size_bucket(prompt_tokens: int) -> int:
+    return bisect.bisect(SIZE_EDGES, prompt_tokens)
+
+
+@dataclass(slots=True)
+class PoolTelemetry:
+    """What a vLLM replica reports about itself (scraped from `/metrics` and `/health`)."""
+
+    waiting: float = 0.0
+    running: float = 0.0
+    kv_usage: float = 0.0
+    prefix_hit_rate: float | None = None
+    in_flight_at_scrape: int = 0  # ours, so the queue can be extrapolated between scrapes
+    # Concurrent sequences the replica runs at most (vLLM's max_num_seqs): configured, or
+    # learned as the most it ran while requests still waited. None: not known yet.
+    capacity: float | None = None
+    scraped_at: float | None = None
+    stale: bool = True  # the last scrape failed or is too old: don't trust the numbers
+    healthy: bool | None = None  # last `/health` probe; None before the first
 
 
 @dataclass(slots=True)
@@ -16,25 +45,97 @@ class DeploymentStats:
     in_flight: int = 0
     requests: int = 0
     failures: int = 0
+    timeouts: int = 0
+    ttft: WindowedQuantiles = field(default_factory=WindowedQuantiles)
+    # TTFT by prompt size: long prompts take longer to prefill, and judging a short
+    # request by them would shut a replica out for the whole window.
+    ttft_by_size: tuple[WindowedQuantiles, ...] = field(
+        default_factory=lambda: tuple(WindowedQuantiles() for _ in range(len(SIZE_EDGES) + 1)))
+    itl: WindowedQuantiles = field(default_factory=WindowedQuantiles)
+    e2e: WindowedQuantiles = field(default_factory=WindowedQuantiles)
+    latency: PeakEWMA = field(default_factory=PeakEWMA)  # first byte the client could see
+    error_rate: DecayingRate = field(default_factory=DecayingRate)
+    last_error: str | None = None
+    last_error_at: float | None = None
+    pool: PoolTelemetry = field(default_factory=PoolTelemetry)
+
+    def queue_estimate(self) -> float:
+        """Requests that would wait at a replica now: the last scrape plus what we sent
+        since, less the free slots that absorb them."""
+        p = self.pool
+        if p.stale or p.scraped_at is None:
+            return 0.0
+        sent_since = self.in_flight - p.in_flight_at_scrape
+        if p.capacity is None:  # never seen it full: only an existing queue grows
+            return max(0.0, p.waiting + sent_since) if p.waiting > 0 else 0.0
+        return max(0.0, p.running + p.waiting + sent_since - p.capacity)
+
+    def record_scrape(self, *, waiting: float, running: float, kv_usage: float,
+                      prefix_hit_rate: float | None, now: float) -> None:
+        p = self.pool
+        p.waiting, p.running, p.kv_usage = waiting, running, kv_usage
+        p.prefix_hit_rate = prefix_hit_rate
+        if waiting > 0 and running > (p.capacity or 0):
+            p.capacity = running
+        p.in_flight_at_scrape = self.in_flight
+        p.scraped_at = now
+        p.stale = False
 
 
 class Scoreboard:
-    def __init__(self) -> None:
+    """`clock` (monotonic seconds) is injectable so the routing simulation can run the
+    real policies on simulated time."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._stats: dict[str, DeploymentStats] = {}
 
     def stats(self, dep: Deployment) -> DeploymentStats:
-        s = self._stats.get(dep.id)
+        return self.by_id(dep.id)
+
+    def by_id(self, deployment_id: str) -> DeploymentStats:
+        s = self._stats.get(deployment_id)
         if s is None:
-            s = self._stats[dep.id] = DeploymentStats()
+            s = self._stats[deployment_id] = DeploymentStats()
         return s
 
-    def started(self, dep: Deployment) -> None:
-        s = self.stats(dep)
+    def snapshot(self) -> dict[str, DeploymentStats]:
+        return dict(self._stats)
+
+    def started(self, dep: Deployment) -> DeploymentStats:
+        s = self.by_id(dep.id)
         s.in_flight += 1
         s.requests += 1
+        return s
 
-    def finished(self, dep: Deployment, *, ok: bool) -> None:
-        s = self.stats(dep)
+    def first_token(self, s: DeploymentStats, ttft_s: float, prompt_tokens: int = 0) -> None:
+        """A stream's first token arrived (recorded now, not when the stream ends)."""
+        now = self.clock()
+        s.ttft.add(ttft_s, now)
+        s.ttft_by_size[size_bucket(prompt_tokens)].add(ttft_s, now)
+        s.latency.observe(ttft_s, now)
+
+    def succeeded(self, s: DeploymentStats, *, e2e_s: float, streamed: bool,
+                  itl_s: float | None = None) -> None:
+        now = self.clock()
         s.in_flight -= 1
-        if not ok:
-            s.failures += 1
+        if not streamed:  # the whole answer was the first byte the client could see
+            s.latency.observe(e2e_s, now)
+        s.e2e.add(e2e_s, now)
+        if itl_s is not None:
+            s.itl.add(itl_s, now)
+        s.error_rate.observe(False, now)
+
+    def failed(self, s: DeploymentStats, reason: str, *, timeout: bool = False,
+               upstream_fault: bool = True) -> None:
+        """An attempt that ended badly; `upstream_fault=False` for the client's own doing
+        (a rejected request, a client that went away), which says nothing about health."""
+        now = self.clock()
+        s.in_flight -= 1
+        if not upstream_fault:
+            return
+        s.failures += 1
+        s.timeouts += timeout
+        s.error_rate.observe(True, now)
+        s.last_error = reason
+        s.last_error_at = now

@@ -10,6 +10,8 @@ from openai import OpenAI
 from tests.conftest import GatewayFactory
 from tests.support.procs import REPO
 
+DEMO_KEY = "tk-demo-local-only-not-a-secret"  # the config's default for $TURNOUT_DEMO_KEY
+
 
 def demo_config() -> dict[str, object]:
     cfg: dict[str, object] = yaml.safe_load((REPO / "config" / "turnout.yaml").read_text())
@@ -18,16 +20,21 @@ def demo_config() -> dict[str, object]:
 
 def test_demo_config_serves_keyless(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
     gw = gateway_factory(demo_config(), env={"OPENAI_API_KEY": ""})
-    client = OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    client = OpenAI(base_url=gw.url + "/v1", api_key=DEMO_KEY, max_retries=0)
     assert {m.id for m in client.models.list()} == {"demo-chat", "gpt-4o-mini", "demo-embed"}
 
     seen = set()
-    for _ in range(6):
+    for system in ("You are terse.", "You are verbose.", "You are a pirate.", "Be kind.",
+                   "Answer in French.", "Answer in haiku."):
         raw = client.chat.completions.with_raw_response.create(
-            model="demo-chat", messages=[{"role": "user", "content": "Hello!"}], max_tokens=4)
+            model="demo-chat", max_tokens=4, messages=[
+                {"role": "system", "content": system}, {"role": "user", "content": "Hello!"}])
         assert raw.parse().choices[0].message.content
         seen.add(raw.headers["x-turnout-deployment"])
-    assert seen == {"local-gpu/0", "local-gpu/1", "openai"}  # least-in-flight rotates ties
+        assert raw.headers["x-turnout-route"].startswith("slo-cost; cheapest meeting ttft<=500ms")
+    # slo-cost keeps the demo on the cheaper self-hosted pool; prefix affinity spreads
+    # different system prompts over both of its replicas.
+    assert len(seen) == 2 and all(d.startswith("local-gpu/127.0.0.1:") for d in seen)
 
     stream = client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True)
@@ -35,11 +42,12 @@ def test_demo_config_serves_keyless(gateway_factory: GatewayFactory, tmp_path: P
     assert len(text.split()) == 16  # the simulator's default answer length
     assert len(client.embeddings.create(model="demo-embed", input="x").data[0].embedding) == 16
     assert "using a simulated cloud upstream" in gw.logs()
+    assert f"demo key (team demo): {DEMO_KEY}" in gw.logs()
 
 
 def test_two_workers_serve(gateway_factory: GatewayFactory) -> None:
     gw = gateway_factory(demo_config(), workers=2, env={"OPENAI_API_KEY": ""})
-    client = OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
+    client = OpenAI(base_url=gw.url + "/v1", api_key=DEMO_KEY, max_retries=0)
     for _ in range(8):
         assert client.chat.completions.create(
             model="demo-chat", messages=[{"role": "user", "content": "Hello!"}]).choices

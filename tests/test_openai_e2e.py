@@ -33,6 +33,7 @@ def sims() -> Iterator[ThreadedSim]:
 def gateway(sims: ThreadedSim, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     pool_a, pool_b, provider, slow, hang = sims.urls
     config = {
+        "routing": {"policy": "least-loaded"},
         "server": {"max_body_bytes": 65536,
                    "timeouts": {"connect_s": 2, "first_token_s": 1, "idle_s": 1, "total_s": 30}},
         "providers": [
@@ -76,8 +77,9 @@ def test_chat_matches_upstream(client: OpenAI, sims: ThreadedSim) -> None:
     assert reply.usage.completion_tokens == 12 == expected.usage.completion_tokens
     assert reply.usage.prompt_tokens == expected.usage.prompt_tokens
     assert reply.choices[0].finish_reason == "length"
-    assert raw.headers["x-turnout-deployment"] in ("gpu/0", "gpu/1")
-    assert raw.headers["x-turnout-route"].startswith("least-in-flight")
+    replicas = {"gpu/" + u.split("//")[1] for u in sims.urls[:2]}
+    assert raw.headers["x-turnout-deployment"] in replicas
+    assert raw.headers["x-turnout-route"].startswith("least-loaded")
     assert len(raw.headers["x-request-id"]) == 24
 
 
@@ -86,7 +88,7 @@ def test_pool_replicas_share_traffic(client: OpenAI, sims: ThreadedSim) -> None:
     seen = {client.chat.completions.with_raw_response.create(
         model="chat", messages=MESSAGES).headers["x-turnout-deployment"] for _ in range(6)}
     after = [sims.sims[i].stats.requests_total for i in (0, 1)]
-    assert seen == {"gpu/0", "gpu/1"}
+    assert seen == {"gpu/" + u.split("//")[1] for u in sims.urls[:2]}
     assert [a - b for a, b in zip(after, before, strict=True)] == [3, 3]
 
 

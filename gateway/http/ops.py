@@ -28,7 +28,7 @@ class Readyz:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         registry = self.services.pipeline.registry
         client = self.services.client
-        roots = sorted({r for rs in registry.pool_endpoints.values() for r in rs})
+        roots = sorted({r for rs in registry.members.values() for r in rs})
         probes = await asyncio.gather(
             *(client.get_status(r + "/health", _PROBE_TIMEOUT_S) for r in roots)
         )

@@ -1,0 +1,97 @@
+"""SLO-cost (the default): the cheapest deployment predicted to meet the request's TTFT
+SLO; if none is, the one with the best predicted TTFT.
+
+Prediction per deployment: the P99 TTFT it showed over the last minute, plus the wait
+its queue implies (vLLM's `num_requests_waiting`, extrapolated with what we sent since
+the scrape, times the mean request time over the running batch). Deployments with no
+data yet are assumed to meet the SLO, so a cheap self-hosted pool takes traffic first;
+when its queue grows past what the SLO allows, requests spill to paid providers.
+Among replicas of one pool (equal price) the within-pool step decides: least-loaded, or
+prefix-affinity to reuse vLLM's prefix cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.canonical import CanonicalRequest, Deployment
+from policies.routing.base import Plan, RouteHints
+from policies.routing.least_loaded import LeastLoaded
+from policies.routing.prefix_affinity import PrefixAffinity
+from policies.scoreboard import Scoreboard, size_bucket
+
+MIN_SAMPLES = 5  # fewer TTFT samples than this are no basis for a quantile
+QUANTILE = 0.99
+UNHEALTHY_ERROR_RATE = 0.5
+_DEFAULT_SERVICE_S = 1.0  # a request's duration before any has been measured
+
+
+class SloCost:
+    name = "slo-cost"
+
+    def __init__(self, board: Scoreboard, within_pool: str = "least-loaded") -> None:
+        self._board = board
+        self._within: LeastLoaded | PrefixAffinity = (
+            PrefixAffinity(board) if within_pool == "prefix-affinity" else LeastLoaded(board))
+
+    def predicted_ttft(self, dep: Deployment, now: float, prompt_tokens: int = 0
+                       ) -> float | None:
+        """Predicted P99 TTFT in seconds for a prompt of this size; None when there is
+        nothing to go on."""
+        s = self._board.stats(dep)
+        if s.error_rate.get(now) > UNHEALTHY_ERROR_RATE:
+            return float("inf")
+        window = s.ttft_by_size[size_bucket(prompt_tokens)]
+        if window.count(now) < MIN_SAMPLES:
+            window = s.ttft  # too few of this size yet: all sizes
+        p99 = window.quantile(QUANTILE, now) if window.count(now) >= MIN_SAMPLES else None
+        queued = s.queue_estimate()
+        if queued <= 0:
+            return p99
+        service = s.e2e.mean(now) or _DEFAULT_SERVICE_S
+        wait = queued * service / max(1.0, s.pool.running)
+        return (p99 or 0.0) + wait
+
+    def _cheapest_first(self, req: CanonicalRequest, meets: list[Deployment],
+                        hints: RouteHints) -> list[Deployment]:
+        """By price; among equals (one pool's replicas) the within-pool step orders, over
+        only those replicas, so an affinity home outside them cannot void it."""
+        by_price: dict[float, list[Deployment]] = {}
+        for d in meets:
+            by_price.setdefault(self.price(d, hints), []).append(d)
+        ordered: list[Deployment] = []
+        for price in sorted(by_price):
+            group = by_price[price]
+            ordered += self._within.order(req, group)[0] if len(group) > 1 else group
+        return ordered
+
+    @staticmethod
+    def price(dep: Deployment, hints: RouteHints) -> float:
+        """USD for this request at list price (per-token prices are per 1M tokens)."""
+        if hints.prompt_tokens or hints.max_tokens:
+            return (hints.prompt_tokens * dep.price_input
+                    + hints.max_tokens * dep.price_output) / 1e6
+        return (dep.price_input + dep.price_output) / 1e6
+
+    def plan(self, req: CanonicalRequest, deployments: Sequence[Deployment],
+             hints: RouteHints) -> Plan:
+        now = self._board.clock()
+        pred = {d.id: self.predicted_ttft(d, now, hints.prompt_tokens) for d in deployments}
+        slo = hints.slo_ttft_s
+        meets = [d for d in deployments if slo is None or (p := pred[d.id]) is None or p <= slo]
+        scores = {k: -1.0 if v is None else v for k, v in pred.items()}  # -1: no data
+        if meets:
+            ordered = self._cheapest_first(req, meets, hints)
+            rest = sorted((d for d in deployments if d not in meets),
+                          key=lambda d: pred[d.id] or 0.0)
+            first = ordered[0]
+            p = pred[first.id]
+            why = ("cheapest" if slo is None else f"cheapest meeting ttft<={slo * 1000:.0f}ms")
+            why += f", p99~{p * 1000:.0f}ms" if p is not None else ", no data yet"
+            return Plan([*ordered, *rest], self.name, why, scores, True, p)
+        ordered = sorted(deployments, key=lambda d: pred[d.id] or 0.0)
+        p = pred[ordered[0].id]
+        assert slo is not None
+        return Plan(ordered, self.name,
+                    f"none meets ttft<={slo * 1000:.0f}ms: best predicted"
+                    f" {(p or 0.0) * 1000:.0f}ms", scores, False, p)
