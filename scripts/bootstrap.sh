@@ -22,8 +22,13 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "==> installing redis-server (tests start their own on a free port)"
+# System tools the tests use: redis-server (each test run starts its own on a free
+# port) and wrk (the benchmark's load generator, run by its smoke test).
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+if [ -n "$missing" ]; then
+  echo "==> installing$missing"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq $missing >/dev/null
 fi
