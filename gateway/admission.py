@@ -61,6 +61,23 @@ class Admission:
             key_budget=principal.key_budget,
             cost_nanos=worst_case_nanos(deployments, prompt, output) if budgeted else 0,
             ttl_ms=self.ttl_ms)
+        return await self._ticket(args, principal, req, prompt, output)
+
+    async def admit_hit(self, principal: Principal, req: CanonicalRequest) -> Ticket:
+        """A request the response cache answers. It counts against the RPM limits (it is a
+        request the key made) but reserves no tokens and no budget, and an exhausted budget
+        does not refuse it: it generates nothing and costs nothing."""
+        if principal.anonymous:
+            return Ticket(principal, req, 0, 0, 0, [])
+        p = principal
+        args = AdmitArgs(team=p.team, key_id=p.key_id, request_id=req.request_id,
+                         check_key=True, key_limits=Limits(rpm=p.key_limits.rpm),
+                         team_limits=Limits(rpm=p.team_limits.rpm), tokens=0,
+                         team_budget=None, key_budget=None, cost_nanos=0, ttl_ms=self.ttl_ms)
+        return await self._ticket(args, principal, req, 0, 0)
+
+    async def _ticket(self, args: AdmitArgs, principal: Principal, req: CanonicalRequest,
+                      prompt: int, output: int) -> Ticket:
         result, shared = await self._decide(args)
         if result.refused:
             raise refusal(result, principal)

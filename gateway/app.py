@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,14 +12,18 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.config import Config, load_config
 from gateway.errors import GatewayError
 from gateway.http.admin import AdminAPI
-from gateway.http.openai import ModelsEndpoint, OpenAIEndpoint
+from gateway.http.anthropic import ANTHROPIC
+from gateway.http.openai import OPENAI, ModelsEndpoint
 from gateway.http.openai_schema import error_body
-from gateway.http.ops import Readyz, healthz
+from gateway.http.ops import FailoverDebug, Readyz, healthz
+from gateway.http.surface import LLMEndpoint
 from gateway.services import Services
+from gateway.telemetry.metrics import MetricsEndpoint
 
 CONFIG_ENV = "TURNOUT_CONFIG"
 
@@ -34,7 +39,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return Response(error_body(err), status, headers, media_type="application/json")
 
 
-def create_app(config: Config) -> Starlette:
+def create_app(config: Config) -> FastPaths:
     services = Services(config)
 
     @asynccontextmanager
@@ -46,20 +51,53 @@ def create_app(config: Config) -> Starlette:
             await services.stop()
 
     routes = [
-        Route("/v1/chat/completions", OpenAIEndpoint("chat", services), methods=["POST"]),
-        Route("/v1/completions", OpenAIEndpoint("completions", services), methods=["POST"]),
-        Route("/v1/embeddings", OpenAIEndpoint("embeddings", services), methods=["POST"]),
+        Route("/v1/chat/completions", LLMEndpoint("chat", services, OPENAI), methods=["POST"]),
+        Route("/v1/completions", LLMEndpoint("completions", services, OPENAI),
+              methods=["POST"]),
+        Route("/v1/embeddings", LLMEndpoint("embeddings", services, OPENAI), methods=["POST"]),
+        Route("/v1/messages", LLMEndpoint("chat", services, ANTHROPIC), methods=["POST"]),
         Route("/v1/models", ModelsEndpoint(services), methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", Readyz(services), methods=["GET"]),
+        Route("/debug/failover", FailoverDebug(services), methods=["GET"]),
         Route("/admin/{rest:path}", AdminAPI(services), methods=["GET", "POST", "PUT", "DELETE"]),
     ]
+    if services.telemetry.metrics is not None:  # Prometheus; config telemetry.metrics
+        routes.append(Route("/metrics", MetricsEndpoint(services.telemetry.metrics),
+                            methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
     app.state.services = services
-    return app
+    hot = {route.path: route.app for route in routes if route.path.startswith("/v1/")
+           and route.methods == {"POST"}}
+    return FastPaths(app, hot)
 
 
-def app_from_env() -> Starlette:
+class FastPaths:
+    """The LLM endpoints by exact path, ahead of Starlette's router and middleware (a few
+    µs a request); everything else, lifespan included, goes through Starlette."""
+
+    def __init__(self, app: Starlette, post_routes: dict[str, ASGIApp]) -> None:
+        self.app = app
+        self.state = app.state
+        self._post = post_routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self._post.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def configure_logging() -> None:
+    """Once per process: uvicorn's spawned workers do not inherit the CLI's setup."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def app_from_env() -> FastPaths:
     """Factory for `uvicorn --factory` and multi-worker serving: config path from the env."""
+    configure_logging()
     return create_app(load_config(os.environ[CONFIG_ENV]))

@@ -25,6 +25,7 @@ class CanonicalRequest:
     request_id: str = ""
     slo_ttft_ms: float | None = None  # from `x-turnout-slo-ttft-ms`
     priority: int | None = None  # from `x-turnout-priority` (may only lower the team's)
+    allowed_models: frozenset[str] = frozenset()  # the key's models (empty: all): fallbacks
 
 
 @dataclass(slots=True)

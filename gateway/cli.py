@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from bench import replay
 from gateway import cli_admin
+from gateway.app import configure_logging
 from gateway.config import Config, ConfigError, load_config
+from gateway.telemetry.metrics import multiprocess_dir
+from selfhost import sim as simulator
 
 DEFAULT_CONFIG = "config/turnout.yaml"
 
@@ -52,6 +57,17 @@ def serve(args: argparse.Namespace) -> int:
         for key in team.keys:
             if key.show_at_startup:
                 print(f"{key.id} key (team {team.name}): {key.key}", flush=True)
+    # Workers are separate processes: /metrics adds up their values through shared files.
+    metrics_dir = multiprocess_dir() if workers > 1 and cfg.telemetry.metrics else None
+    try:
+        _run(uvicorn, host, port, workers, args.log_level)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _run(uvicorn: Any, host: str, port: int, workers: int, log_level: str) -> None:
     uvicorn.run(
         "gateway.app:app_from_env",
         factory=True,
@@ -62,16 +78,10 @@ def serve(args: argparse.Namespace) -> int:
         http="httptools",
         lifespan="on",
         access_log=False,
-        log_level=args.log_level,
+        proxy_headers=False,  # X-Forwarded-* rewriting: off unless asked, a µs a request
+        log_level=log_level,
         timeout_graceful_shutdown=5,
     )
-    return 0
-
-
-def sim(args: argparse.Namespace) -> int:
-    from selfhost import sim as simulator
-
-    return simulator.run_cli(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,16 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     cli_admin.add_commands(sub, DEFAULT_CONFIG)
 
     p = sub.add_parser("sim", help="run simulated OpenAI/vLLM-compatible upstreams")
-    from selfhost import sim as simulator
-
     simulator.add_arguments(p)
-    p.set_defaults(func=sim)
+    p.set_defaults(func=simulator.run_cli)
+
+    p = sub.add_parser("replay", help="compare routing policies on a recorded trace (JSONL)")
+    replay.add_arguments(p)
+    p.set_defaults(func=replay.run_cli)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

@@ -58,8 +58,24 @@ class Simulate(_Strict):
     replicas: int = Field(1, ge=1, le=16)
 
 
+# Well-known hosts: `preset: groq` fills in the dialect and base URL (both overridable).
+PRESETS: dict[str, tuple[Dialect, str]] = {
+    "openai": ("openai", "https://api.openai.com/v1"),
+    "anthropic": ("anthropic", "https://api.anthropic.com/v1"),
+    "gemini": ("gemini", "https://generativelanguage.googleapis.com/v1beta"),
+    "together": ("openai", "https://api.together.xyz/v1"),
+    "groq": ("openai", "https://api.groq.com/openai/v1"),
+    "fireworks": ("openai", "https://api.fireworks.ai/inference/v1"),
+    "deepseek": ("openai", "https://api.deepseek.com/v1"),
+    "mistral": ("openai", "https://api.mistral.ai/v1"),
+    "openrouter": ("openai", "https://openrouter.ai/api/v1"),
+    "deepinfra": ("openai", "https://api.deepinfra.com/v1/openai"),
+}
+
+
 class Provider(_Strict):
     name: str
+    preset: str | None = Field(None, description=f"one of: {', '.join(PRESETS)}")
     dialect: Dialect = "openai"
     base_url: str
     api_key: str | None = None
@@ -69,6 +85,22 @@ class Provider(_Strict):
     options: dict[str, str] = {}
     # Simulated stand-in used when api_key resolves empty, so the demo runs keyless.
     simulate_without_key: SimProfileName | None = None
+    # Mid-stream continuation (a partial answer as an assistant message to continue):
+    # default yes for the anthropic dialect (prefill), no for plain OpenAI-compatible hosts.
+    continuation: bool | None = None
+    # Active health check while its circuit is open: a 1-token chat request, GET {base}/models
+    # (no tokens, but a weaker signal), or none (half-open after the cooldown regardless).
+    health_check: Literal["chat", "models", "off"] = "chat"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        preset = PRESETS.get(data["preset"])
+        if preset is None:
+            raise ValueError(f"unknown preset {data['preset']!r} (known: {', '.join(PRESETS)})")
+        return {"dialect": preset[0], "base_url": preset[1], **data}
 
     @field_validator("base_url")
     @classmethod
@@ -96,6 +128,7 @@ class Pool(_Strict):
     dns_interval_s: float = Field(10.0, gt=0)
     probe_interval_s: float = Field(2.0, gt=0, description="/health probes")
     scrape_interval_s: float = Field(1.0, gt=0, description="/metrics scrapes")
+    continuation: bool = Field(True, description="vLLM continue_final_message for failover")
 
     @field_validator("endpoints")
     @classmethod
@@ -130,9 +163,73 @@ class RoutingConfig(_Strict):
     shed_below_priority: int = 1
 
 
+class HedgingConfig(_Strict):
+    """TTFT hedging: a second deployment is asked when the first token is late."""
+
+    quantile: float = Field(0.95, gt=0, lt=1, description="of the candidates' live TTFT")
+    min_delay_ms: float = Field(50.0, ge=0)
+    max_delay_ms: float = Field(2000.0, gt=0, description="also the delay before any data")
+
+
+class CacheSettings(_Strict):
+    """The response cache for one team (`teams[].cache`) or model (`models.<m>.cache`).
+    Unset fields inherit the top-level `cache`; where a model and a team both set one,
+    the stricter wins (off, deterministic only, no coalescing, the shorter TTL and cap)."""
+
+    enabled: bool | None = None
+    ttl_s: float | None = Field(None, gt=0)
+    max_entry_bytes: int | None = Field(None, gt=0)
+    deterministic_only: bool | None = None
+    coalesce: bool | None = None
+
+
+class ModelCacheSettings(CacheSettings):
+    shared: bool = Field(False, description="one cache for every team: answers that do not"
+                         " depend on who asks (default: each team has its own)")
+
+
 class ModelConfig(_Strict):
     deployments: list[DeploymentConfig] = Field(min_length=1)
+    cache: ModelCacheSettings | None = Field(None, description="default: the top-level cache")
     routing: RoutingConfig | None = Field(None, description="default: the top-level routing")
+    fallbacks: list[str] = Field([], description="models tried in order once these fail")
+    context_window_fallback: str | None = Field(
+        None, description="a larger-context model for requests too long for this one")
+    hedging: HedgingConfig | None = Field(None, description="unset: no hedging")
+
+
+class RetryBudgetConfig(_Strict):
+    ratio: float = Field(0.2, ge=0, le=10, description="retries per request over the window")
+    min_per_s: float = Field(10.0, ge=0, description="retries always allowed, per second")
+    window_s: float = Field(10.0, gt=0)
+
+
+class BackoffConfig(_Strict):
+    base_ms: float = Field(100.0, ge=0)
+    max_ms: float = Field(2000.0, ge=0)
+    max_retry_after_s: float = Field(10.0, ge=0, description="longer Retry-After: not waited")
+
+
+class BreakerConfig(_Strict):
+    consecutive_failures: int = Field(5, ge=1)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    min_requests: int = Field(10, ge=1, description="in the window, before the rate counts")
+    window_s: float = Field(10.0, gt=0)
+    cooldown_s: float = Field(5.0, gt=0, description="open, before a half-open probe")
+    health_check_interval_s: float = Field(1.0, gt=0, description="while a circuit is open")
+    health_check_timeout_s: float = Field(2.0, gt=0)
+
+
+class FailoverConfig(_Strict):
+    enabled: bool = Field(True, description="false: one attempt on the first candidate")
+    max_attempts: int = Field(3, ge=1, description="upstream attempts per request, in all")
+    # Passes over the candidates (and fallbacks); each pass after the first waits a backoff
+    # (at least the upstream's Retry-After). 1: every deployment at most once per request.
+    rounds: int = Field(1, ge=1)
+    continuation: bool = Field(True, description="continue broken streams elsewhere")
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()  # type: ignore[call-arg]
+    backoff: BackoffConfig = BackoffConfig()  # type: ignore[call-arg]
+    breaker: BreakerConfig = BreakerConfig()  # type: ignore[call-arg]
 
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # policies.keys.NAME: safe inside Redis key names
@@ -172,6 +269,8 @@ class TeamConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()  # type: ignore[call-arg]
     key_limits: LimitsConfig = LimitsConfig()  # type: ignore[call-arg]
     budget: BudgetConfig | None = None
+    slo_ttft_ms: float | None = Field(None, gt=0, description="TTFT target for routing")
+    cache: CacheSettings | None = Field(None, description="default: the top-level cache")
     keys: list[KeyConfig] = []
 
 
@@ -199,6 +298,46 @@ class MeteringConfig(_Strict):
     stream_maxlen: int = Field(1_000_000, ge=1000, description="usage events kept per team")
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry traces over OTLP. Unset fields fall back to the standard `OTEL_*`
+    environment variables, then to the SDK's defaults; `OTEL_SDK_DISABLED=true` wins."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console", "none"] | None = Field(
+        None, description="default: OTEL_TRACES_EXPORTER, else otlp")
+    protocol: Literal["http/protobuf", "grpc"] | None = Field(
+        None, description="default: OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL, else http/protobuf")
+    endpoint: str | None = Field(
+        None, description="collector base URL; default: OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT")
+    headers: dict[str, str] = Field({}, description="e.g. a backend's auth, as ${ENV}")
+    service_name: str | None = Field(None, description="default: OTEL_SERVICE_NAME, else turnout")
+    sample_ratio: float | None = Field(
+        None, ge=0, le=1, description="default: OTEL_TRACES_SAMPLER, else always (parent-based)")
+    # Prompts and completions go on spans only for these teams (never by default).
+    capture_content: list[str] = []
+
+
+class TelemetryConfig(_Strict):
+    metrics: bool = Field(True, description="GET /metrics (Prometheus)")
+    access_log: bool = Field(True, description="one JSON line per request on turnout.access")
+    tracing: TracingConfig = TracingConfig()  # type: ignore[call-arg]
+
+
+class CacheConfig(_Strict):
+    """The response cache (gateway/cache): exact-match, in the store, per team."""
+
+    enabled: bool = Field(False, description="for every model and team that does not say")
+    ttl_s: float = Field(3600.0, gt=0)
+    max_ttl_s: float = Field(86400.0, gt=0, description="the most x-turnout-cache-ttl may ask")
+    max_entry_bytes: int = Field(1 << 20, gt=0, description="larger answers are not stored")
+    deterministic_only: bool = Field(True, description="only temperature 0 or a seed")
+    coalesce: bool = Field(True, description="concurrent identical misses: one upstream call")
+    lock_ttl_s: float = Field(10.0, gt=0, description="a coalescing leader's lock, renewed"
+                              " while it works: how soon a waiter takes over from a dead one")
+    wait_s: float | None = Field(None, gt=0, description="the longest a request waits for"
+                                 " another's answer; default: server.timeouts.total_s")
+
+
 class Config(_Strict):
     server: ServerConfig = ServerConfig()  # type: ignore[call-arg]
     redis: RedisConfig | None = None
@@ -210,6 +349,9 @@ class Config(_Strict):
     teams: list[TeamConfig] = []
     admission: AdmissionConfig = AdmissionConfig()  # type: ignore[call-arg]
     metering: MeteringConfig = MeteringConfig()  # type: ignore[call-arg]
+    cache: CacheConfig = CacheConfig()  # type: ignore[call-arg]
+    failover: FailoverConfig = FailoverConfig()  # type: ignore[call-arg]
+    telemetry: TelemetryConfig = TelemetryConfig()  # type: ignore[call-arg]
 
     @property
     def auth_required(self) -> bool:
@@ -249,6 +391,20 @@ class Config(_Strict):
                         f"models.{model}.deployments.{i}.target: unknown target {dep.target!r}"
                         f" (known: {', '.join(sorted(known)) or 'none'})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _fallbacks(self) -> Config:
+        problems = []
+        for model, mc in self.models.items():
+            named = [(f"fallbacks.{i}", m) for i, m in enumerate(mc.fallbacks)]
+            if mc.context_window_fallback is not None:
+                named.append(("context_window_fallback", mc.context_window_fallback))
+            problems += [f"models.{model}.{where}: unknown model {m!r}" if m not in self.models
+                         else f"models.{model}.{where}: a model cannot fall back to itself"
+                         for where, m in named if m not in self.models or m == model]
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

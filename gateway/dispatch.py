@@ -1,239 +1,427 @@
-"""Dispatch: run a routing plan against upstreams, with timeouts, reporting to the scoreboard.
+"""Dispatch: run a routing plan against upstreams, and keep the request alive when they fail.
 
-One attempt per request for now (the first candidate of the plan); retries, fallbacks
-and hedging build on `Attempt`. Timeouts: connect (in the client), first token (response
-head plus first chunk for streams), idle (gap between chunks) and total. Every attempt
-reports its latencies or its failure to the scoreboard, which routing reads.
+The success path is one attempt on the plan's first candidate, awaited directly; all that
+failover adds to it is a circuit-breaker check and a retry-budget deposit. When that
+attempt fails (or its circuit is open, or the model hedges) a `Run` takes over:
+
+- retryable failures (connect, timeout, 429, 5xx, 529) move to the next candidate of the
+  plan at once (backing off protects the upstream that failed, and this is another
+  one), then to the model's `fallbacks`, each deployment at most once per pass; further
+  passes (`rounds`) wait a full-jitter backoff, at least the upstream's Retry-After;
+- deployments whose circuit is open, or that asked for a pause, are skipped; when that
+  leaves nothing at all, the least-bad open one is tried rather than failing at once;
+- every attempt after the first is a retry the retry budget must allow;
+- a context-length error goes to the model's `context_window_fallback`; other final
+  errors (content policy, bad request) are the client's answer, never retried; but a
+  401/402/403/404 says the deployment's key or model name is wrong, so it fails over;
+- what happened is appended to the plan's reason, which `x-turnout-route` shows.
+
+The loop is a plain one rather than tenacity: each retry goes to a different deployment,
+the stop condition is the plan, the budget and the breakers together, and tenacity's
+per-call retry state would cost every request, failing or not.
+
+Streams add TTFT hedging (`gateway/hedging.py`) and continuation of a broken stream on
+another deployment (`gateway/continuation.py`, driven by `StreamResume`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Generic, TypeVar
 
-import aiohttp
-
-from adapters import get_adapter
-from adapters.base import StreamTranslator
+from gateway.attempts import AttemptRecord, AttemptRunner, Completed, Segment, final
 from gateway.canonical import (
     CanonicalRequest,
     Deployment,
-    ErrorClass,
     FailureKind,
-    StreamChunk,
     UpstreamFailure,
-    Usage,
 )
 from gateway.config import Timeouts
-from gateway.sse import SSEParser
-from gateway.upstream import CUT_OFF, Response, UpstreamClient, read_error
+from gateway.continuation import (
+    CutSegment,
+    Splice,
+    continuation_request,
+    not_continuable,
+    read_partial,
+)
+from gateway.failover import Failover
+from gateway.hedging import HedgeSettings, hedge_delay, race
+from gateway.upstream import UpstreamClient
+from gateway.upstream_stream import UpstreamStream
+from policies.breakers import CircuitState, Pass
+from policies.retries import wait_before
 from policies.routing.base import Plan
-from policies.scoreboard import DeploymentStats, Scoreboard
+from policies.scoreboard import Scoreboard
 
+__all__ = ["AttemptRecord", "Completed", "Dispatcher", "UpstreamStream"]
 
-@dataclass(slots=True)
-class Completed:
-    body: bytes
-    usage: Usage | None
-    deployment: Deployment
-
-
-class Attempt:
-    """One request to one deployment: its clock and its single report to the scoreboard."""
-
-    __slots__ = ("board", "deployment", "reported", "started", "stats", "ttft")
-
-    def __init__(self, board: Scoreboard, deployment: Deployment) -> None:
-        self.board = board
-        self.deployment = deployment
-        self.stats: DeploymentStats = board.started(deployment)
-        self.started = time.perf_counter()
-        self.ttft: float | None = None
-        self.reported = False
-
-    def succeeded(self, chunks: int = 0) -> None:
-        self.reported = True
-        e2e = time.perf_counter() - self.started
-        itl = None
-        if self.ttft is not None and chunks > 1:
-            itl = (e2e - self.ttft) / (chunks - 1)
-        self.board.succeeded(self.stats, e2e_s=e2e, streamed=self.ttft is not None, itl_s=itl)
-
-    def failed(self, err: BaseException) -> None:
-        if self.reported:
-            return
-        self.reported = True
-        if isinstance(err, UpstreamFailure):
-            self.board.failed(self.stats, err.message,
-                              timeout=err.kind is FailureKind.TIMEOUT,
-                              upstream_fault=err.error_class is ErrorClass.RETRYABLE)
-        else:  # cancelled: the client went away, which says nothing about the upstream
-            self.board.failed(self.stats, type(err).__name__, upstream_fault=False)
-
-
-class UpstreamStream:
-    """An open upstream stream whose first chunks have already arrived.
-
-    `chunks()` yields canonical chunks; `aclose()` must always be called (the response
-    does it in a `finally`), which releases the connection even if `chunks()` never ran.
-    Closing before the upstream finished drops the connection, which is how the
-    upstream learns that the client went away.
-    """
-
-    def __init__(self, dispatcher: Dispatcher, attempt: Attempt, resp: Response,
-                 translator: StreamTranslator, parser: SSEParser, first: list[StreamChunk],
-                 deadline: float) -> None:
-        self.deployment = attempt.deployment
-        self.usage: Usage | None = None
-        self._dispatcher = dispatcher
-        self._attempt = attempt
-        self._resp = resp
-        self._translator = translator
-        self._parser = parser
-        self._pending = first
-        self._deadline = deadline
-        self._chunks = 0
-        self._closed = False
-        self._ok = False
-
-    async def chunks(self) -> AsyncIterator[StreamChunk]:
-        for chunk in self._pending:
-            yield self._note(chunk)
-        self._pending = []
-        idle = self._dispatcher.timeouts.idle_s
-        loop = asyncio.get_running_loop()
-        content = self._resp.content
-        try:
-            async with asyncio.timeout(None) as budget:
-                while not self._translator.finished:
-                    budget.reschedule(min(loop.time() + idle, self._deadline))
-                    line = await content.readline()
-                    event = self._parser.feed_line(line) if line else self._parser.flush()
-                    if event is not None:
-                        for chunk in self._translator.feed(event.event, event.data):
-                            yield self._note(chunk)
-                    if not line:
-                        if not self._translator.finished:
-                            raise UpstreamFailure(FailureKind.PROTOCOL, CUT_OFF)
-                        break
-        except (TimeoutError, aiohttp.ClientError) as err:
-            failure = read_error(err)
-            self._attempt.failed(failure)
-            raise failure from None
-        except UpstreamFailure as failure:
-            self._attempt.failed(failure)
-            raise
-        self._ok = True
-        self._attempt.succeeded(self._chunks)
-
-    def _note(self, chunk: StreamChunk) -> StreamChunk:
-        self._chunks += 1
-        if chunk.usage is not None:
-            self.usage = chunk.usage
-        return chunk
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._ok:
-            self._resp.release()
-        else:
-            self._resp.close()  # drop the connection: the upstream sees the request end
-            self._attempt.failed(asyncio.CancelledError())
+T = TypeVar("T")
+Op = Callable[[CanonicalRequest, Deployment, bool], Awaitable[T]]
+Candidate = tuple[CanonicalRequest, Deployment]
+_MAX_NOTES = 8  # what x-turnout-route shows of one request's failover
+_TIMER_TICK_S = 0.002
 
 
 class Dispatcher:
-    def __init__(self, client: UpstreamClient, board: Scoreboard, timeouts: Timeouts) -> None:
-        self.client = client
-        self.board = board
+    def __init__(self, client: UpstreamClient, board: Scoreboard, timeouts: Timeouts,
+                 failover: Failover | None = None) -> None:
+        self.failover = failover  # None: one attempt on the first candidate, as configured
         self.timeouts = timeouts
+        self.runner = AttemptRunner(client, board, timeouts,
+                                    failover.breakers if failover is not None else None)
 
     async def complete(self, req: CanonicalRequest, plan: Plan) -> Completed:
+        fo = self.failover
         dep = plan.candidates[0]
-        adapter = get_adapter(dep.dialect)
-        ureq = adapter.build_request(req, dep.target)
-        attempt = Attempt(self.board, dep)
-        try:
-            async with asyncio.timeout(self.timeouts.total_s):
-                resp = await self.client.send(ureq)
-                try:
-                    body = await resp.read()
-                finally:
-                    resp.release()
-            if resp.status >= 300:
-                raise _redacted(adapter.classify_error(resp.status, resp.headers, body), dep)
-            result = adapter.parse_response(req, body)
-        except TimeoutError:
-            failure = UpstreamFailure(FailureKind.TIMEOUT,
-                                      f"no response within {self.timeouts.total_s:g}s")
-            attempt.failed(failure)
-            raise failure from None
-        except aiohttp.ClientError as err:
-            failure = read_error(err)
-            attempt.failed(failure)
-            raise failure from None
-        except BaseException as err:
-            attempt.failed(err)
-            raise
-        attempt.succeeded()
-        return Completed(result.body, result.usage, dep)
+        if fo is None:
+            return await self.runner.complete(req, dep)
+        fo.budget.request()
+        verdict = fo.breakers.get(dep).admit(fo.clock())
+        if verdict:
+            try:
+                return await self.runner.complete(req, dep, verdict is Pass.PROBE)
+            except UpstreamFailure as failure:
+                run: Run[Completed] = self._after(req, plan, dep, failure)
+        else:
+            run = Run(fo, req, plan, skipped=dep)
+        done = await run.drive(self.runner.complete)
+        if run.attempts > 1:
+            done.history = run.history
+        return done
 
     async def open_stream(self, req: CanonicalRequest, plan: Plan) -> UpstreamStream:
+        fo = self.failover
         dep = plan.candidates[0]
-        adapter = get_adapter(dep.dialect)
-        ureq = adapter.build_request(req, dep.target)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeouts.total_s
-        attempt = Attempt(self.board, dep)
-        resp: Response | None = None
+        deadline = asyncio.get_running_loop().time() + self.timeouts.total_s
+        if fo is None:
+            return UpstreamStream(await self.runner.open(req, dep), deadline,
+                                  self.timeouts.idle_s)
+        fo.budget.request()
+        hedge = fo.hedging.get(req.model)
+        verdict = Pass.NO if hedge is not None else fo.breakers.get(dep).admit(fo.clock())
+        run: Run[Segment] | None = None
+        if verdict:
+            try:
+                seg = await self.runner.open(req, dep, verdict is Pass.PROBE)
+            except UpstreamFailure as failure:
+                run = self._after(req, plan, dep, failure)
+                seg = await run.drive(self.runner.open)
+        else:
+            run = Run(fo, req, plan, skipped=dep if hedge is None else None)
+            seg = await run.drive(self.runner.open, hedge=hedge)
+        stream = UpstreamStream(seg, deadline, self.timeouts.idle_s,
+                                StreamResume(self, fo, req, plan))
+        if run is not None and run.attempts > 1:
+            stream.history, stream.record = run.history, run.winner
+        return stream
+
+    def _after(self, req: CanonicalRequest, plan: Plan, dep: Deployment,
+               failure: UpstreamFailure) -> Run[T]:
+        """A `Run` to go on after the first attempt failed; re-raises a final failure
+        (most 4xx) right away, as no other attempt can change it."""
+        fo = self.failover
+        assert fo is not None
+        if final(failure) and (
+                failure.kind is not FailureKind.CONTEXT_LENGTH
+                or fo.fallbacks.context_model(req.model) is None):
+            raise failure
+        run: Run[T] = Run(fo, req, plan)
+        run.first_failed(dep, failure)
+        return run
+
+
+class Run(Generic[T]):
+    """One request's way through its candidates once its first choice failed or could not
+    be used (or it hedges). Made only then, so the success path never builds one."""
+
+    def __init__(self, fo: Failover, req: CanonicalRequest, plan: Plan, *,
+                 skipped: Deployment | None = None, tried: Iterable[str] = (),
+                 annotate: bool = True) -> None:
+        self.fo = fo
+        self.plan = plan
+        self.tried = set(tried)
+        self.history: list[AttemptRecord] = []
+        self.winner: AttemptRecord | None = None
+        self.notes: list[str] = []
+        self.attempts = 0
+        self.failure: UpstreamFailure | None = None
+        self._origin = req
+        self._annotate = annotate
+        self._queue: deque[Candidate] = deque((req, d) for d in plan.candidates)
+        self._all: list[Candidate] = list(self._queue)
+        self._chain = deque(fo.fallbacks.chain(req.model))
+        self._models = {req.model}
+        self._skipped: list[Candidate] = []
+        self._round = 1
+        if skipped is not None:  # the caller asked its breaker already: the answer was no
+            self._queue.popleft()
+            self._skip(req, skipped)
+
+    def first_failed(self, dep: Deployment, failure: UpstreamFailure) -> None:
+        """The caller's own first attempt failed (raises when nothing can follow it)."""
+        self.attempts = 1
+        self.tried.add(dep.id)
+        self._queue.popleft()
+        self._failed(dep, failure)
+
+    async def drive(self, op: Op[T], *, hedge: HedgeSettings | None = None,
+                    only: Callable[[Deployment], bool] | None = None,
+                    retry_first: bool = False) -> T:
+        """Attempts until one succeeds; raises the last failure when none can.
+        `only` limits the deployments; `retry_first`: the first attempt is a retry too."""
         try:
-            async with asyncio.timeout(min(self.timeouts.first_token_s, self.timeouts.total_s)):
-                resp = await self.client.send(ureq)
-                if resp.status >= 300:
-                    body = await resp.read()
-                    raise _redacted(adapter.classify_error(resp.status, resp.headers, body), dep)
-                translator = adapter.stream_translator(req)
-                parser = SSEParser()
-                first = await _first_chunks(resp, parser, translator)
-        except BaseException as err:
-            if resp is not None:
-                resp.close()
-            if isinstance(err, TimeoutError):
-                err = UpstreamFailure(FailureKind.TIMEOUT,
-                                      f"no first token within {self.timeouts.first_token_s:g}s")
-            elif isinstance(err, aiohttp.ClientError):
-                err = read_error(err)
-            attempt.failed(err)
-            raise err from None
-        attempt.ttft = time.perf_counter() - attempt.started
-        self.board.first_token(attempt.stats, attempt.ttft)
-        return UpstreamStream(self, attempt, resp, translator, parser, first, deadline)
+            return await self._drive(op, hedge, only, retry_first)
+        finally:
+            if self._annotate and self.notes:
+                notes = self.notes
+                if len(notes) > _MAX_NOTES:  # a big pool all open must not bloat a header
+                    notes = [*notes[:_MAX_NOTES - 1], f"... {len(notes) - _MAX_NOTES + 1} more"]
+                self.plan.reason += "; " + "; ".join(notes)
+
+    async def _drive(self, op: Op[T], hedge: HedgeSettings | None,
+                     only: Callable[[Deployment], bool] | None, retry_first: bool) -> T:
+        fo = self.fo
+        while True:
+            if self.attempts >= fo.max_attempts:
+                self.notes.append(f"gave up after {self.attempts} attempts")
+                raise self._exhausted()
+            nxt = self._next(only)
+            if nxt is None:
+                nxt = await self._next_round(only) if self.attempts else self._least_bad(only)
+                if nxt is None:
+                    raise self._exhausted()
+            r, dep, probe = nxt
+            if (self.attempts or retry_first) and not fo.budget.try_retry():
+                fo.breakers.get(dep).release(probe)
+                self.notes.append("retry budget exhausted")
+                raise self._exhausted()
+            if self.attempts:
+                fo.counters.failovers_total += 1
+            self.attempts += 1
+            self.tried.add(dep.id)
+            try:
+                if hedge is not None and self.attempts == 1:
+                    return await self._hedged(op, r, dep, probe, hedge)
+                return await self._tracked(op, r, dep, probe)
+            except UpstreamFailure as failure:
+                if final(failure):
+                    self._final(failure)
+
+    async def _tracked(self, op: Op[T], r: CanonicalRequest, dep: Deployment,
+                       probe: bool) -> T:
+        try:
+            result = await op(r, dep, probe)
+        except UpstreamFailure as failure:
+            self._failed(dep, failure, final_check=False)
+            raise
+        except asyncio.CancelledError:
+            self.history.append(AttemptRecord(dep, "cancelled"))  # a hedge that lost
+            raise
+        self.winner = AttemptRecord(dep, "ok")
+        self.history.append(self.winner)
+        return result
+
+    def _failed(self, dep: Deployment, failure: UpstreamFailure,
+                final_check: bool = True) -> None:
+        self.failure = failure
+        self.history.append(AttemptRecord(dep, "failed"))
+        self.notes.append(f"{dep.id} failed ({failure.status or failure.kind.value})")
+        if final_check and final(failure):
+            self._final(failure)
+
+    def _final(self, failure: UpstreamFailure) -> None:
+        """A final failure ends the run, unless it is a context-length error and the model
+        has a larger-context fallback: then that model's deployments are next."""
+        if failure.kind is FailureKind.CONTEXT_LENGTH:
+            model = self.fo.fallbacks.context_model(self._origin.model)
+            if model is not None and model not in self._models:
+                self._queue.clear()
+                self._chain.clear()
+                if self._stage(model, "context window fallback"):
+                    return
+        raise failure
+
+    def _next(self, only: Callable[[Deployment], bool] | None,
+              fall_back: bool = True) -> tuple[CanonicalRequest, Deployment, bool] | None:
+        now = self.fo.clock()
+        while True:
+            while self._queue:
+                r, dep = self._queue.popleft()
+                if dep.id in self.tried or (only is not None and not only(dep)):
+                    continue
+                verdict = self.fo.breakers.get(dep).admit(now)
+                if verdict:
+                    return r, dep, verdict is Pass.PROBE
+                self._skip(r, dep)
+            if not fall_back or not self._fall_back():
+                return None
+
+    def _skip(self, r: CanonicalRequest, dep: Deployment) -> None:
+        self._skipped.append((r, dep))
+        b = self.fo.breakers.get(dep)
+        why = "circuit open" if b.state is not CircuitState.CLOSED else "asked to wait"
+        self.notes.append(f"{dep.id} skipped ({why})")
+
+    def _fall_back(self) -> bool:
+        while self._chain:
+            model = self._chain.popleft()
+            if model not in self._models and self._stage(model, "fallback"):
+                return True
+        return False
+
+    def _stage(self, model: str, why: str) -> bool:
+        self._models.add(model)
+        planned = self.fo.fallbacks.plan(self._origin, model)
+        if planned is None:
+            return False
+        r, plan = planned
+        stage = [(r, d) for d in plan.candidates]
+        self._queue.extend(stage)
+        self._all += stage
+        self.fo.counters.fallbacks_total += 1
+        self.notes.append(f"{why} to {model}")
+        return True
+
+    async def _next_round(self, only: Callable[[Deployment], bool] | None
+                          ) -> tuple[CanonicalRequest, Deployment, bool] | None:
+        """Start another pass over every candidate after a backoff, if rounds remain."""
+        fo = self.fo
+        if self._round >= fo.rounds:
+            return None
+        retry_after = self.failure.retry_after if self.failure is not None else None
+        wait = wait_before(self._round - 1, retry_after, fo.backoff, fo.rng)
+        if wait is None:
+            self.notes.append("Retry-After too long to wait for")
+            return None
+        self._round += 1
+        self.tried.clear()
+        self._skipped.clear()
+        self._queue = deque(self._all)
+        self.notes.append(f"pass {self._round} after {wait * 1000:.0f}ms")
+        # A timer may fire a tick early (uvloop counts milliseconds): the margin makes sure
+        # a Retry-After block is over when the breakers are asked again.
+        await asyncio.sleep(wait + _TIMER_TICK_S)
+        return self._next(only, fall_back=False)
+
+    def _least_bad(self, only: Callable[[Deployment], bool] | None
+                   ) -> tuple[CanonicalRequest, Deployment, bool] | None:
+        """Every deployment is skipped (circuit open, or Retry-After not over yet): try
+        the one closest to being ready rather than refusing on the gateway's own say-so
+        what an upstream may well serve; the retry budget still bounds the load."""
+        eligible = [(r, d) for r, d in self._skipped if only is None or only(d)]
+        dep = self.fo.breakers.least_bad(d for _, d in eligible)
+        if dep is None:
+            return None
+        r = next(r for r, d in eligible if d is dep)
+        self.fo.counters.least_bad_total += 1
+        self.notes.append(f"all skipped: trying the least bad, {dep.id}")
+        return r, dep, True  # as its circuit's probe: the outcome decides the circuit
+
+    def _exhausted(self) -> UpstreamFailure:
+        if self.failure is not None:
+            return self.failure
+        return UpstreamFailure(FailureKind.CONNECT, "no other deployment is available")
+
+    async def _hedged(self, op: Op[T], r: CanonicalRequest, dep: Deployment, probe: bool,
+                      hedge: HedgeSettings) -> T:
+        fo = self.fo
+        delay = hedge_delay(fo.board, [dep, *(d for _, d in self._queue)], hedge)
+        hedged_to: list[Deployment] = []
+
+        def launch() -> Awaitable[T] | None:
+            nxt = self._next(None, fall_back=False)
+            if nxt is None:
+                return None
+            if self.attempts >= fo.max_attempts or not fo.budget.try_retry():
+                fo.breakers.get(nxt[1]).release(nxt[2])
+                self._queue.appendleft((nxt[0], nxt[1]))
+                self.notes.append("not hedged: retry budget exhausted")
+                return None
+            self.attempts += 1
+            self.tried.add(nxt[1].id)
+            fo.counters.hedges_total += 1
+            hedged_to.append(nxt[1])
+            return self._tracked(op, *nxt)
+
+        def discard(loser: T) -> None:
+            if isinstance(loser, Segment):  # answered in the same instant as the winner
+                loser.discard()
+                for rec in self.history:
+                    if rec.outcome == "ok" and rec.deployment is loser.attempt.deployment:
+                        rec.outcome = "cancelled"
+
+        result, which = await race(self._tracked(op, r, dep, probe), delay, launch, discard)
+        if hedged_to:
+            self.notes.append(f"hedged to {hedged_to[0].id} after {delay * 1000:.0f}ms,"
+                              f" {'hedge' if which else 'first'} won")
+            fo.counters.hedge_wins_total += which
+        return result
 
 
-async def _first_chunks(
-    resp: Response, parser: SSEParser, translator: StreamTranslator
-) -> list[StreamChunk]:
-    """Read until the upstream produced something for the client (or ended)."""
-    out: list[StreamChunk] = []
-    while not out and not translator.finished:
-        line = await resp.content.readline()
-        event = parser.feed_line(line) if line else parser.flush()
-        if event is not None:
-            out.extend(translator.feed(event.event, event.data))
-        if not line:
-            if not out and not translator.finished:
-                raise UpstreamFailure(FailureKind.PROTOCOL, CUT_OFF)
-            break
-    return out
+class StreamResume:
+    """Keeps one client stream going when its upstream breaks: before any content the
+    request is simply sent again; after it, the partial answer is continued on a
+    deployment that can (see `gateway/continuation.py`)."""
+
+    __slots__ = ("_cuts", "_dispatcher", "_fo", "_plan", "_req", "_tokens")
+
+    def __init__(self, dispatcher: Dispatcher, fo: Failover, req: CanonicalRequest,
+                 plan: Plan) -> None:
+        self._dispatcher = dispatcher
+        self._fo = fo
+        self._req = req
+        self._plan = plan
+        self._cuts: list[CutSegment] = []
+        self._tokens = 0
+
+    async def resume(self, failure: UpstreamFailure, stream: UpstreamStream
+                     ) -> tuple[Segment, Splice, AttemptRecord | None] | None:
+        fo = self._fo
+        broken = stream.segment.attempt.deployment
+        whole = read_partial(stream.seen or [])
+        record = stream.record
+        if record is None:
+            record = AttemptRecord(broken, "cut")
+            stream.history = [record]
+        record.outcome = "cut"
+        self._cuts.append(CutSegment(record, self._tokens, whole.tokens - self._tokens))
+        self._tokens = whole.tokens
+        if whole.finished:
+            return None  # only the usage chunk or [DONE] was lost: the answer is whole
+        continuing = bool(whole.text) or whole.tool_calls or whole.more_choices
+        if continuing:
+            why = None if fo.continuation else "continuation is switched off"
+            why = why or not_continuable(self._req, whole)
+            if why is not None:
+                fo.counters.continuation_failures_total += 1
+                raise _cannot(failure, why)
+        runner = self._dispatcher.runner
+
+        async def continue_on(r: CanonicalRequest, dep: Deployment, probe: bool) -> Segment:
+            strip = dep.dialect == "anthropic"
+            return await runner.open(continuation_request(r, whole, prefill_strip=strip), dep,
+                                     probe)
+
+        run: Run[Segment] = Run(fo, self._req, self._plan, tried=(broken.id,), annotate=False)
+        try:
+            if continuing:
+                seg = await run.drive(continue_on, only=fo.can_continue, retry_first=True)
+            else:
+                seg = await run.drive(runner.open, retry_first=True)
+        except UpstreamFailure as err:
+            fo.counters.continuation_failures_total += 1
+            raise _cannot(failure, f"no deployment could take it over ({err.message})") from None
+        fo.counters.continuations_total += 1
+        assert stream.history is not None
+        stream.history.extend(run.history)
+        dialect = seg.attempt.deployment.dialect
+        skip_ws = whole.text[len(whole.text.rstrip()):] if dialect == "anthropic" else ""
+        return seg, Splice(whole, self._cuts, skip_ws), run.winner
 
 
-def _redacted(failure: UpstreamFailure, dep: Deployment) -> UpstreamFailure:
-    """Upstream messages sometimes echo the key they were sent; never pass that on."""
-    key = dep.target.api_key
-    if key and key in failure.message:
-        failure.message = failure.message.replace(key, "***")
-        failure.args = (failure.message,)
-    return failure
+def _cannot(failure: UpstreamFailure, why: str) -> UpstreamFailure:
+    return UpstreamFailure(failure.kind,
+                           f"{failure.message}; the stream could not be continued: {why}",
+                           status=failure.status)

@@ -15,8 +15,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -26,9 +27,13 @@ from policies.budgets import to_usd
 from policies.keys import Principal
 from policies.pricing import cost_nanos, text_tokens
 
+if TYPE_CHECKING:  # the cache meters its hits through the ticket; no import cycle at run time
+    from gateway.cache import CacheTicket
+
 log = logging.getLogger("turnout.metering")
 
 _RETRY_S = 0.25
+_MAX_BATCH = 256  # settlements per round trip
 
 
 @dataclass(slots=True)
@@ -52,6 +57,11 @@ class Ticket:
     first_byte: float | None = None
     cache_hit: bool = False
     retries: int = 0
+    cache: CacheTicket | None = None  # its way through the response cache, when cached
+    saved_tokens: int = 0  # a cache hit: the tokens and cost its answer took to generate
+    saved_cost_nanos: int = 0
+    upstream_s: float = 0.0  # spent in dispatch until the answer or first chunk (telemetry)
+    trace: Any = None  # its `gateway.telemetry.tracing.RequestTrace` while tracing is on
 
 
 _TEXT_FIELDS = (b'"content":', b'"text":', b'"arguments":')
@@ -121,7 +131,8 @@ def settlement(t: Ticket, now: float | None = None) -> SettleArgs:
         "cost_usd": to_usd(cost), "latency_ms": round(latency * 1000, 2),
         "ttft_ms": round(((t.first_byte or now) - t.started) * 1000, 2),
         "status": t.status, "cache_hit": t.cache_hit, "retries": t.retries,
-        "estimated": estimated,
+        "estimated": estimated, "saved_tokens": t.saved_tokens,
+        "saved_cost_usd": to_usd(t.saved_cost_nanos),
     }
     reserved = t.reserved_tokens > 0
     return SettleArgs(
@@ -135,66 +146,69 @@ def settlement(t: Ticket, now: float | None = None) -> SettleArgs:
         model=t.req.model, prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
         cache_hit=t.cache_hit, error=t.status >= 400, estimated=estimated,
-        event=orjson.dumps(event))
+        event=orjson.dumps(event), saved_tokens=t.saved_tokens,
+        saved_cost_nanos=t.saved_cost_nanos)
 
 
 class Meter:
+    """Settles tickets in order, in batches, from one background flusher.
+
+    `settle` only queues (no task or round trip per request); the flusher sends
+    whatever queued meanwhile as one batch (one pipelined round trip for Redis), so the
+    batch size follows the load. While the store is down the queue waits and is retried:
+    no usage event is lost while the process lives.
+    """
+
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._buffer: deque[SettleArgs] = deque()
+        self._queue: deque[SettleArgs] = deque()
         self._flusher: asyncio.Task[None] | None = None
+        self._outage = False
+        # Told of every settlement as it is made (metrics, access log, trace end): the one
+        # point every admitted request passes exactly once. It must not raise.
+        self.observer: Callable[[Ticket, SettleArgs], None] | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._queue)
 
     def settle(self, ticket: Ticket) -> None:
-        """Settle in the background; the task is tracked until `close`."""
-        self._track(self._send(settlement(ticket)))
-
-    def _track(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    async def _send(self, args: SettleArgs) -> None:
-        if not self._buffer:
-            try:
-                await self.store.settle(args)
-                return
-            except StoreUnavailable as err:
-                log.warning("store unavailable, buffering usage events (%s)", err)
-            except Exception:  # a bug of ours: retrying cannot help, keep the event in the log
-                log.exception("settlement failed; usage event: %s", args.event.decode())
-                return
-        self._buffer.append(args)  # behind older ones: the ledger stays in order
+        args = settlement(ticket)
+        if self.observer is not None:
+            self.observer(ticket, args)
+        self._queue.append(args)
         if self._flusher is None or self._flusher.done():
-            self._flusher = self._track(self._flush())
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
-        while self._buffer:
+        queue = self._queue
+        while queue:
+            batch = [queue[i] for i in range(min(len(queue), _MAX_BATCH))]
             try:
-                await self.store.settle(self._buffer[0])
-            except StoreUnavailable:
+                await self.store.settle_many(batch)
+            except StoreUnavailable as err:
+                if not self._outage:
+                    log.warning("store unavailable, buffering usage events (%s)", err)
+                    self._outage = True
                 await asyncio.sleep(_RETRY_S)
                 continue
-            except Exception:
-                log.exception("settlement failed; usage event: %s", self._buffer[0].event.decode())
-            self._buffer.popleft()
-            if not self._buffer:
+            except Exception:  # a bug of ours: retrying cannot help, keep the events in the log
+                log.exception("settlement failed; usage events: %s",
+                              b", ".join(a.event for a in batch).decode())
+            for _ in batch:
+                queue.popleft()
+            if self._outage:
                 log.info("store is back: buffered usage events flushed")
+                self._outage = False
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Wait for pending settlements; whatever the store still cannot take is logged."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                while self._tasks:
-                    await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        except TimeoutError:
-            for task in list(self._tasks):
-                task.cancel()
-        for args in self._buffer:
+        if self._flusher is not None:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._flusher
+            except TimeoutError:
+                self._flusher.cancel()
+        for args in self._queue:
             log.error("usage event not recorded (store unavailable at shutdown): %s",
                       args.event.decode())

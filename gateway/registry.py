@@ -37,6 +37,14 @@ class Registry:
             for p in cfg.pools}
         self.models: dict[str, list[Deployment]] = self._build()
 
+    def fallback_models(self, model: str) -> tuple[str, ...]:
+        """Every model a request for `model` may fail over to."""
+        mc = self._cfg.models.get(model)
+        if mc is None:
+            return ()
+        extra = (mc.context_window_fallback,) if mc.context_window_fallback else ()
+        return (*mc.fallbacks, *extra)
+
     def set_members(self, pool: str, roots: list[str]) -> None:
         self.members = {**self.members, pool: sorted(roots)}
         self.models = self._build()

@@ -30,7 +30,9 @@ class Router:
             self._routes[model] = (make_policy(rc.policy, board, rc.within_pool), rc)
 
     def plan(self, req: CanonicalRequest, deployments: Sequence[Deployment], hints: RouteHints,
-             *, team_slo_ms: float | None = None, team_priority: int = 0) -> Plan:
+             *, team_slo_ms: float | None = None, team_priority: int = 0,
+             shed: bool = True) -> Plan:
+        """`shed=False` for a fallback's plan: a request already in failover is not shed."""
         policy, rc = self._routes[req.model]
         slo_ms = req.slo_ttft_ms or team_slo_ms or rc.slo_ttft_ms
         hints.slo_ttft_s = slo_ms / 1000 if slo_ms else None
@@ -45,7 +47,8 @@ class Router:
                       req.request_id, req.model, plan.policy, plan.candidates[0].id,
                       plan.reason, plan.scores)
         priority = team_priority if req.priority is None else min(req.priority, team_priority)
-        self._shed(plan, rc, priority)
+        if shed:
+            self._shed(plan, rc, priority)
         return plan
 
     @staticmethod

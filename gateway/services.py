@@ -7,15 +7,19 @@ import logging
 from contextlib import AsyncExitStack
 
 from gateway.accounts import Accounts
-from gateway.admission import Admission
+from gateway.cache import ResponseCache
 from gateway.config import Config
 from gateway.dispatch import Dispatcher
+from gateway.failover import Failover
+from gateway.fallbacks import Fallbacks
+from gateway.health_checks import CircuitProber
 from gateway.metering import Meter
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry, replica_id
 from gateway.routing import Router
 from gateway.simulated import start_simulators
 from gateway.store import Store, open_store
+from gateway.telemetry import Telemetry
 from gateway.upstream import UpstreamClient
 from policies.scoreboard import Scoreboard
 from selfhost.pool import PoolMonitor, PoolSpec
@@ -29,14 +33,18 @@ class Services:
     client: UpstreamClient
     accounts: Accounts
     meter: Meter
+    cache: ResponseCache | None  # None: the config caches nothing
+    failover: Failover | None  # None: failover is switched off
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.max_body = config.server.max_body_bytes
         self._stack = AsyncExitStack()
+        self.telemetry = Telemetry(config)  # before start: the app routes /metrics by it
 
     async def start(self) -> None:
         cfg = self.config
+        self._stack.push_async_callback(self.telemetry.shutdown)  # last: flushes spans
         simulated = await start_simulators(cfg, self._stack)
         registry = Registry(cfg, simulated)
         self.client = UpstreamClient(connect_timeout=cfg.server.timeouts.connect_s)
@@ -44,23 +52,43 @@ class Services:
         self._stack.push_async_callback(self.client.close)
         self.store = open_store(cfg.redis.url if cfg.redis else None,
                                 stream_maxlen=cfg.metering.stream_maxlen)
+        self.telemetry.measure(self.store)
         self._stack.push_async_callback(self.store.close)
         self.accounts = Accounts(self.store, required=cfg.auth_required,
                                  admin_key=cfg.auth.admin_key, cache_ttl_s=cfg.auth.cache_ttl_s)
         await self.accounts.start(cfg.teams)
         self._stack.push_async_callback(self.accounts.stop)
         self.meter = Meter(self.store)
+        self.meter.observer = self.telemetry.settled if self.telemetry.active else None
         self._stack.push_async_callback(self.meter.close)  # runs before the store closes
+        self.cache = self.telemetry.cache(self.store, cfg)  # None: nothing is cached
+        if self.cache is not None:
+            self._stack.push_async_callback(self.cache.close)  # pending writes land first
         board = Scoreboard()
         await self._monitor_pools(registry, board)
+        router = self.telemetry.router(cfg, board)  # traced while tracing is on
+        self.failover = self._failover(registry, router, board)
+        dispatcher = Dispatcher(self.client, board, cfg.server.timeouts, self.failover)
+        self.telemetry.instrument(dispatcher, self.failover)
         self.pipeline = Pipeline(
-            registry, Router(cfg, board),
-            Dispatcher(self.client, board, cfg.server.timeouts),
-            self.accounts, Admission(self.store, cfg.admission, cfg.server.timeouts.total_s),
-            self.meter,
+            registry, router, dispatcher, self.accounts,
+            self.telemetry.admission(self.store, cfg.admission, cfg.server.timeouts.total_s),
+            self.meter, self.cache,
         )
         log.info("models: %s", ", ".join(
             f"{name} → {', '.join(d.id for d in deps)}" for name, deps in registry.models.items()))
+
+    def _failover(self, registry: Registry, router: Router, board: Scoreboard
+                  ) -> Failover | None:
+        fc = self.config.failover
+        if not fc.enabled:
+            return None
+        failover = Failover(self.config, board, Fallbacks(self.config, registry, router))
+        prober = CircuitProber(self.client, failover, interval_s=fc.breaker.health_check_interval_s,
+                               timeout_s=fc.breaker.health_check_timeout_s)
+        failover.breakers.on_open = prober.wake  # checks run only while a circuit is open
+        self._stack.push_async_callback(prober.stop)
+        return failover
 
     async def _monitor_pools(self, registry: Registry, board: Scoreboard) -> None:
         """Probe and scrape every pool replica; resolve DNS pools before serving."""

@@ -36,6 +36,7 @@ async def rollups(store: Store, teams: Iterable[str], *, since: str = "", until:
         row: dict[str, Any] = dict(zip(by, key, strict=True))
         row.update(metrics)
         row["cost_usd"] = to_usd(row.pop("cost_nanos"))
+        row["saved_cost_usd"] = to_usd(row.pop("saved_cost_nanos"))  # by cache hits
         out.append(row)
     return out
 

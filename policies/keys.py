@@ -47,11 +47,13 @@ class TeamPolicy:
     # The default for each key that sets none of its own.
     key_limits: Limits = field(default_factory=Limits)
     budget: Budget | None = None
+    slo_ttft_ms: float | None = None  # the team's latency target, for routing
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "priority": self.priority, "models": list(self.models),
                 "limits": self.limits.to_dict(), "key_limits": self.key_limits.to_dict(),
-                "budget": self.budget.to_dict() if self.budget else None}
+                "budget": self.budget.to_dict() if self.budget else None,
+                "slo_ttft_ms": self.slo_ttft_ms}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TeamPolicy:
@@ -59,7 +61,8 @@ class TeamPolicy:
                    models=tuple(d.get("models") or ()),
                    limits=Limits.from_dict(d.get("limits")),
                    key_limits=Limits.from_dict(d.get("key_limits")),
-                   budget=Budget.from_dict(d.get("budget")))
+                   budget=Budget.from_dict(d.get("budget")),
+                   slo_ttft_ms=d.get("slo_ttft_ms"))
 
 
 @dataclass(slots=True, frozen=True)
@@ -104,6 +107,7 @@ class Principal:
     team_limits: Limits = field(default_factory=Limits)
     team_budget: Budget | None = None
     key_budget: Budget | None = None
+    slo_ttft_ms: float | None = None
 
     @property
     def anonymous(self) -> bool:
@@ -117,7 +121,8 @@ class Principal:
         return cls(team=team.name, key_id=key.id, priority=team.priority,
                    models=frozenset(team.models),
                    key_limits=key.limits if key.limits is not None else team.key_limits,
-                   team_limits=team.limits, team_budget=team.budget, key_budget=key.budget)
+                   team_limits=team.limits, team_budget=team.budget, key_budget=key.budget,
+                   slo_ttft_ms=team.slo_ttft_ms)
 
 
 ANONYMOUS = Principal(team=ANONYMOUS_TEAM, key_id="")

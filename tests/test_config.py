@@ -79,3 +79,20 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     broken.write_text("models: [\n")
     assert main(["check-config", str(broken)]) == 1
     assert "invalid YAML" in capsys.readouterr().err
+
+
+def test_provider_presets_fill_dialect_and_url() -> None:
+    cfg = parse_config({
+        "providers": [{"name": "g", "preset": "groq", "api_key": "k"},
+                      {"name": "c", "preset": "anthropic"},
+                      {"name": "t", "preset": "together", "base_url": "https://proxy/v1"}],
+        "models": {"m": {"deployments": [{"target": "g", "model": "llama"}]}},
+    })
+    assert [(p.dialect, p.base_url) for p in cfg.providers] == [
+        ("openai", "https://api.groq.com/openai/v1"),
+        ("anthropic", "https://api.anthropic.com/v1"),
+        ("openai", "https://proxy/v1"),  # an explicit base_url wins
+    ]
+    with pytest.raises(ConfigError) as info:
+        parse_config({"providers": [{"name": "x", "preset": "nope"}], **MINIMAL})
+    assert "unknown preset 'nope'" in info.value.problems[0]

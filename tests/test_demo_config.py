@@ -10,6 +10,7 @@ from openai import OpenAI
 from tests.conftest import GatewayFactory
 from tests.support.procs import REPO
 
+NO_KEYS = {"OPENAI_API_KEY": "", "ANTHROPIC_API_KEY": ""}  # the README's keyless demo
 DEMO_KEY = "tk-demo-local-only-not-a-secret"  # the config's default for $TURNOUT_DEMO_KEY
 
 
@@ -19,9 +20,10 @@ def demo_config() -> dict[str, object]:
 
 
 def test_demo_config_serves_keyless(gateway_factory: GatewayFactory, tmp_path: Path) -> None:
-    gw = gateway_factory(demo_config(), env={"OPENAI_API_KEY": ""})
+    gw = gateway_factory(demo_config(), env=NO_KEYS)
     client = OpenAI(base_url=gw.url + "/v1", api_key=DEMO_KEY, max_retries=0)
-    assert {m.id for m in client.models.list()} == {"demo-chat", "gpt-4o-mini", "demo-embed"}
+    assert {m.id for m in client.models.list()} == {"demo-chat", "gpt-4o-mini", "demo-embed",
+                                                   "claude-haiku"}
 
     seen = set()
     for system in ("You are terse.", "You are verbose.", "You are a pirate.", "Be kind.",
@@ -46,7 +48,7 @@ def test_demo_config_serves_keyless(gateway_factory: GatewayFactory, tmp_path: P
 
 
 def test_two_workers_serve(gateway_factory: GatewayFactory) -> None:
-    gw = gateway_factory(demo_config(), workers=2, env={"OPENAI_API_KEY": ""})
+    gw = gateway_factory(demo_config(), workers=2, env=NO_KEYS)
     client = OpenAI(base_url=gw.url + "/v1", api_key=DEMO_KEY, max_retries=0)
     for _ in range(8):
         assert client.chat.completions.create(

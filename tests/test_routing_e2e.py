@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -35,16 +36,21 @@ def sims() -> Iterator[ThreadedSim]:
         yield s
 
 
-def test_slo_header_moves_traffic_to_a_faster_deployment(sims: ThreadedSim,
-                                                         tmp_path: Path) -> None:
+def cheap_and_fast(sims: ThreadedSim, **extra: Any) -> dict[str, Any]:
     cheap, fast = sims.urls
-    gw = Gateway({
+    return {
         "providers": [{"name": "cheap", "base_url": cheap + "/v1"},
                       {"name": "fast", "base_url": fast + "/v1"}],
         "models": {"m": {"deployments": [
             {"target": "cheap", "model": "x", "price": {"input": 0.1, "output": 0.1}},
             {"target": "fast", "model": "x", "price": {"input": 1.0, "output": 1.0}}]}},
-    }, tmp_path)
+        **extra,
+    }
+
+
+def test_slo_header_moves_traffic_to_a_faster_deployment(sims: ThreadedSim,
+                                                         tmp_path: Path) -> None:
+    gw = Gateway(cheap_and_fast(sims), tmp_path)
     try:
         client = OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
         # No SLO: the cheapest, always (and its TTFT is learned along the way).
@@ -94,3 +100,19 @@ def test_low_priority_is_shed_when_no_deployment_meets_the_slo(tmp_path: Path) -
             assert slow.stats.requests_total == sent + 1  # shed requests never went upstream
         finally:
             gw.stop()
+
+
+def test_team_slo_applies_and_the_header_overrides_it(sims: ThreadedSim,
+                                                       tmp_path: Path) -> None:
+    gw = Gateway(cheap_and_fast(sims, teams=[{"name": "interactive", "slo_ttft_ms": 100,
+                                               "keys": [{"id": "i", "key": PROD_KEY}]}]),
+                 tmp_path)
+    try:
+        client = OpenAI(base_url=gw.url + "/v1", api_key=PROD_KEY, max_retries=0)
+        # Relaxed per request, the cheap one is fine (and its ~300 ms TTFT is learned).
+        loose = {"x-turnout-slo-ttft-ms": "2000"}
+        assert {stream(client, **loose) for _ in range(6)} == {"cheap/x"}
+        # The team's own 100 ms target: the fast one.
+        assert stream(client) == "fast/x"
+    finally:
+        gw.stop()

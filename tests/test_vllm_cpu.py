@@ -14,12 +14,14 @@ import socket
 import time
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from openai import OpenAI
 
 from selfhost import vllm_cpu
+from selfhost.sim import FailNext, Faults, Simulator, ThreadedSim
 from selfhost.vllm_cpu import VllmServer
 from tests.support.procs import Gateway
 
@@ -280,7 +282,7 @@ def test_gateway_chat_usage_equals_vllm(gateway: Gateway, vllm_server: VllmServe
     direct = _post(vllm_server, "/v1/chat/completions",
                    _chat(messages=PROMPT, max_tokens=12, ignore_eos=True))
     reply = via.parse()
-    assert via.headers["x-turnout-deployment"] == "cpu/0"
+    assert via.headers["x-turnout-deployment"] == "cpu/" + vllm_server.url.split("//")[1]
     assert reply.usage is not None
     assert reply.usage.prompt_tokens == direct["usage"]["prompt_tokens"]
     assert reply.usage.completion_tokens == direct["usage"]["completion_tokens"] == 12
@@ -340,3 +342,59 @@ def test_gateway_client_disconnect_frees_vllm_request(gateway: Gateway,
     _wait_metric(vllm_server, "vllm:num_requests_running", 0, timeout=60)
     generated = _metric(_metrics(vllm_server), "vllm:generation_tokens_total") - generated_before
     assert generated < n / 2
+
+
+def test_gateway_continues_a_broken_stream_on_vllm(vllm_server: VllmServer,
+                                                   tmp_path: Path) -> None:
+    """A simulated replica drops the stream after 3 tokens; real vLLM continues the partial
+    answer (continue_final_message). Greedy decoding makes vLLM's continuation repeatable,
+    so the seam is checked exactly: what the client read is the simulator's 3 tokens
+    followed by what vLLM produces for that prefix, nothing doubled, nothing lost."""
+    body: dict[str, Any] = {"temperature": 0, "ignore_eos": True}
+    broken = Simulator("instant", faults=Faults(
+        fail_next=FailNext(1, kind="disconnect", after_chunks=4)))  # role chunk + 3 tokens
+    with ThreadedSim(broken) as sim:
+        gw = Gateway({
+            "pools": [{"name": "sim", "endpoints": [sim.url]},
+                      {"name": "cpu", "endpoints": [vllm_server.url]}],
+            "models": {"tiny": {"deployments": [  # slo-cost: the free simulator first
+                {"target": "sim", "model": MODEL, "price": {"input": 0, "output": 0}},
+                {"target": "cpu", "model": MODEL, "price": {"input": 1, "output": 1}}]}},
+        }, tmp_path)
+        try:
+            chunks = list(_sdk(gw).chat.completions.create(
+                model="tiny", messages=PROMPT, max_tokens=10, stream=True,
+                stream_options={"include_usage": True}, extra_body=body))
+        finally:
+            gw.stop()
+        partial = OpenAI(base_url=sim.url + "/v1", api_key="x").chat.completions.create(
+            model=MODEL, messages=PROMPT, max_tokens=3).choices[0].message.content or ""
+    assert broken.stats.aborted == 1
+    continued = _post(vllm_server, "/v1/chat/completions", _chat(
+        messages=[*PROMPT, {"role": "assistant", "content": partial}], max_tokens=7,
+        continue_final_message=True, add_generation_prompt=False, **body))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == partial + continued["choices"][0]["message"]["content"]
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.role) == 1
+    assert len({c.id for c in chunks}) == 1
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 3 + 7
+    assert usage.prompt_tokens > continued["usage"]["prompt_tokens"]  # both prefills counted
+
+
+def test_anthropic_sdk_through_gateway_to_vllm(gateway: Gateway,
+                                               vllm_server: VllmServer) -> None:
+    from anthropic import Anthropic
+
+    claude = Anthropic(base_url=gateway.url, api_key="unused", max_retries=0)
+    msg = claude.messages.create(model="tiny", max_tokens=7, messages=PROMPT)
+    direct = _post(vllm_server, "/v1/chat/completions", _chat(messages=PROMPT, max_tokens=7))
+    # Random weights may stop early at EOS: "end_turn" then, else "max_tokens" at 7.
+    assert (msg.stop_reason, msg.usage.output_tokens == 7) in (
+        ("max_tokens", True), ("end_turn", False))
+    assert msg.usage.input_tokens == direct["usage"]["prompt_tokens"]
+    with claude.messages.stream(model="tiny", max_tokens=7, messages=PROMPT) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert final.usage.output_tokens <= 7 and final.content[0].type == "text"
+    assert streamed == final.content[0].text

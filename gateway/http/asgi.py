@@ -62,16 +62,25 @@ async def send_response(
     await send({"type": "http.response.body", "body": body})
 
 
+WATCH_AFTER_S = 0.05
+
+
 async def cancel_on_disconnect(receive: Receive, work: Awaitable[None]) -> None:
     """Run `work` in this task; if the client disconnects first, cancel it.
 
     Cancelling unwinds the dispatch code, which drops the upstream connection: that is
     how the upstream learns to stop generating. The request body must already have
     been read, so the next message `receive` yields is the disconnect.
+
+    The watcher task starts only once the work has run `WATCH_AFTER_S`: most requests
+    finish sooner and then cost one timer instead of a task (a disconnect in the first
+    50 ms is noticed at 50 ms).
     """
+    loop = asyncio.get_running_loop()
     current = asyncio.current_task()
     assert current is not None
     gone = False
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal gone
@@ -80,7 +89,11 @@ async def cancel_on_disconnect(receive: Receive, work: Awaitable[None]) -> None:
         gone = True
         current.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER_S, start_watching)
     try:
         await work
     except asyncio.CancelledError:
@@ -89,4 +102,6 @@ async def cancel_on_disconnect(receive: Receive, work: Awaitable[None]) -> None:
             return
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

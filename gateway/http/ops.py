@@ -1,4 +1,4 @@
-"""Operations endpoints: liveness and readiness."""
+"""Operations endpoints: liveness, readiness, and the failover state (read-only)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,16 @@ class Readyz:
             "providers": providers,
         })
         await send_response(send, 200 if ready else 503, body, [])
+
+
+class FailoverDebug:
+    """GET /debug/failover: circuit state and counters per deployment, the retry budget and
+    the failover counters of this process (one worker: each has its own)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        failover = self.services.failover
+        body = orjson.dumps(failover.snapshot() if failover is not None else {"enabled": False})
+        await send_response(send, 200, body, [])

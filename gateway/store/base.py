@@ -8,6 +8,7 @@ compose read-modify-write sequences themselves.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,7 +24,8 @@ class StoreUnavailable(Exception):
 LIMITERS = (("key_rpm", True, "rpm"), ("key_tpm", True, "tpm"),
             ("team_rpm", False, "rpm"), ("team_tpm", False, "tpm"))
 ROLLUP_METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens",
-                  "cost_nanos", "cache_hits", "errors", "estimated")
+                  "cost_nanos", "cache_hits", "errors", "estimated",
+                  "saved_tokens", "saved_cost_nanos")  # what response-cache hits saved
 
 
 @dataclass(slots=True)
@@ -72,11 +74,14 @@ class SettleArgs:
     error: bool
     estimated: bool
     event: bytes  # the JSON usage event
+    saved_tokens: int = 0  # a response-cache hit: the tokens and cost it did not spend
+    saved_cost_nanos: int = 0
 
     def rollup(self) -> tuple[int, ...]:
         """Increments in ROLLUP_METRICS order."""
         return (1, self.prompt_tokens, self.completion_tokens, self.cached_tokens,
-                self.cost_nanos, int(self.cache_hit), int(self.error), int(self.estimated))
+                self.cost_nanos, int(self.cache_hit), int(self.error), int(self.estimated),
+                self.saved_tokens, self.saved_cost_nanos)
 
 
 class Store(Protocol):
@@ -122,6 +127,33 @@ class Store(Protocol):
 
     async def settle(self, args: SettleArgs) -> None:
         """Settle an admitted request and record its usage event, atomically."""
+        ...
+
+    async def settle_many(self, batch: Sequence[SettleArgs]) -> None:
+        """`settle` each, in order, in one round trip. Each settlement is atomic; on
+        StoreUnavailable some may have applied (callers retry: at-least-once)."""
+        ...
+
+    # The response cache (gateway/cache): an entry and the lock that coalesces its misses.
+    # The two keys must share a Redis Cluster slot (layout.cache_entry / cache_lock do).
+
+    async def cache_lookup(self, key: str, lock: str, token: bytes,
+                           lock_ttl_s: float) -> tuple[bytes | None, bool]:
+        """(the entry, None when absent; whether this call took `lock` for `token`), one
+        round trip. The lock is tried only on a miss and when `lock_ttl_s` > 0."""
+        ...
+
+    async def cache_fill(self, key: str, value: bytes, ttl_s: float, lock: str,
+                         token: bytes) -> None:
+        """Store an entry and release `lock` if `token` still holds it (b"": none held)."""
+        ...
+
+    async def cache_unlock(self, lock: str, token: bytes) -> None:
+        """Release `lock` if `token` still holds it."""
+        ...
+
+    async def cache_renew(self, locks: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+        """Extend each (lock, token) still held to `ttl_s` from now, in one round trip."""
         ...
 
     async def ping(self) -> bool: ...

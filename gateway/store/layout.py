@@ -45,3 +45,13 @@ def rollup(name: str) -> str:
 
 def events(name: str) -> str:
     return f"turnout:{{{name}}}:events"  # STREAM, field `e` = JSON usage event
+
+
+def cache_entry(namespace: str, digest: str) -> str:
+    """A response-cache entry. The hash tag is the digest (which covers the namespace):
+    entries spread over the cluster, and an entry and its lock share a slot."""
+    return f"turnout:cache:{namespace}:{{{digest}}}"
+
+
+def cache_lock(entry_key: str) -> str:
+    return entry_key + ":lock"  # the coalescing lock: held by the one request filling it

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import time
+from collections.abc import Sequence
 
 from gateway.store import memory_ledger
 from gateway.store.base import AdmitArgs, AdmitResult, SettleArgs
@@ -95,6 +96,35 @@ class MemoryStore:
 
     async def settle(self, args: SettleArgs) -> None:
         memory_ledger.settle(self._ledger, args)
+
+    async def settle_many(self, batch: Sequence[SettleArgs]) -> None:
+        for args in batch:
+            memory_ledger.settle(self._ledger, args)
+
+    async def cache_lookup(self, key: str, lock: str, token: bytes,
+                           lock_ttl_s: float) -> tuple[bytes | None, bool]:
+        entry = self._live(key)
+        if isinstance(entry, bytes):
+            return entry, False
+        if lock_ttl_s <= 0 or self._live(lock) is not None:
+            return None, False
+        self._data[lock] = (token, self._expiry(lock_ttl_s))
+        return None, True
+
+    async def cache_fill(self, key: str, value: bytes, ttl_s: float, lock: str,
+                         token: bytes) -> None:
+        self._data[key] = (value, self._expiry(ttl_s))
+        if token:
+            await self.cache_unlock(lock, token)
+
+    async def cache_unlock(self, lock: str, token: bytes) -> None:
+        if self._live(lock) == token:
+            del self._data[lock]
+
+    async def cache_renew(self, locks: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+        for lock, token in locks:
+            if self._live(lock) == token:
+                self._data[lock] = (token, self._expiry(ttl_s))
 
     async def ping(self) -> bool:
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,9 @@ _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _LUA = Path(__file__).with_name("lua")
 
 
-def _script(name: str) -> str:
-    return (_LUA / "common.lua").read_text() + (_LUA / f"{name}.lua").read_text()
+def _script(name: str, common: bool = True) -> str:
+    return ((_LUA / "common.lua").read_text() if common else "") + (
+        _LUA / f"{name}.lua").read_text()
 
 
 def _ms(ttl_s: float | None) -> int | None:
@@ -65,6 +67,9 @@ class RedisStore:
         self._incr = self._redis.register_script(_INCR)
         self._admit = self._redis.register_script(_script("admit"))
         self._settle = self._redis.register_script(_script("settle"))
+        self._cache_lookup = self._redis.register_script(_script("cache_lookup", False))
+        self._cache_fill = self._redis.register_script(_script("cache_fill", False))
+        self._cache_lock = self._redis.register_script(_script("cache_lock", False))
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -136,7 +141,7 @@ class RedisStore:
         rpm = LIMITERS[index - 1][2] == "rpm"
         return AdmitResult(verdict, retry, *((state, None) if rpm else (None, state)))
 
-    async def settle(self, args: SettleArgs) -> None:
+    def _settle_call(self, args: SettleArgs) -> tuple[list[str], list[Any]]:
         t = args.team
         keys = [layout.limiter(t, args.key_id, "tpm"), layout.limiter(t, None, "tpm"),
                 layout.budget(t), layout.reservations(t), layout.rollup(t), layout.events(t)]
@@ -144,8 +149,42 @@ class RedisStore:
                 args.cost_nanos, args.team_period, args.key_period, args.model,
                 args.prompt_tokens, args.completion_tokens, args.cached_tokens,
                 int(args.cache_hit), int(args.error), int(args.estimated), args.event,
-                self._stream_maxlen]
+                self._stream_maxlen, args.saved_tokens, args.saved_cost_nanos]
+        return keys, argv
+
+    async def settle(self, args: SettleArgs) -> None:
+        keys, argv = self._settle_call(args)
         await self._call(self._settle, keys=keys, args=argv)
+
+    async def settle_many(self, batch: Sequence[SettleArgs]) -> None:
+        if len(batch) == 1:
+            await self.settle(batch[0])
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for args in batch:
+            keys, argv = self._settle_call(args)
+            await self._settle(keys=keys, args=argv, client=pipe)  # queued, not sent
+        await self._call(pipe.execute)
+
+    async def cache_lookup(self, key: str, lock: str, token: bytes,
+                           lock_ttl_s: float) -> tuple[bytes | None, bool]:
+        lock_ms = _ms(lock_ttl_s) or 0 if lock_ttl_s > 0 else 0
+        out = await self._call(self._cache_lookup, keys=[key, lock], args=[token, lock_ms])
+        return (out, False) if isinstance(out, bytes) else (None, out == 1)
+
+    async def cache_fill(self, key: str, value: bytes, ttl_s: float, lock: str,
+                         token: bytes) -> None:
+        await self._call(self._cache_fill, keys=[key, lock],
+                         args=[value, _ms(ttl_s) or 1, token])
+
+    async def cache_unlock(self, lock: str, token: bytes) -> None:
+        await self._call(self._cache_lock, keys=[lock], args=[token, 0])
+
+    async def cache_renew(self, locks: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for lock, token in locks:
+            await self._cache_lock(keys=[lock], args=[token, _ms(ttl_s) or 1], client=pipe)
+        await self._call(pipe.execute)
 
     async def ping(self) -> bool:
         try:

@@ -75,9 +75,11 @@ class SloCost:
 
     def plan(self, req: CanonicalRequest, deployments: Sequence[Deployment],
              hints: RouteHints) -> Plan:
+        slo = hints.slo_ttft_s
+        if len(deployments) == 1 and slo is None:
+            return Plan(list(deployments), self.name, "only deployment")
         now = self._board.clock()
         pred = {d.id: self.predicted_ttft(d, now, hints.prompt_tokens) for d in deployments}
-        slo = hints.slo_ttft_s
         meets = [d for d in deployments if slo is None or (p := pred[d.id]) is None or p <= slo]
         scores = {k: -1.0 if v is None else v for k, v in pred.items()}  # -1: no data
         if meets:

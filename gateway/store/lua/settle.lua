@@ -5,7 +5,8 @@
 -- ARGV: 1 key id, 2 request id, 3 token delta, 4 key tpm limit, 5 team tpm limit,
 --       6 cost (nanos), 7 team period, 8 key period, 9 model, 10 prompt tokens,
 --       11 completion tokens, 12 cached tokens, 13 cache hit, 14 error, 15 estimated,
---       16 event JSON, 17 stream max length
+--       16 event JSON, 17 stream max length, 18 saved tokens, 19 saved cost (nanos): what
+--       a response-cache hit did not spend
 local key_id, rid = ARGV[1], ARGV[2]
 local delta = tonumber(ARGV[3])
 if delta ~= 0 then
@@ -36,5 +37,7 @@ redis.call('HINCRBY', rollup, p .. 'cost_nanos', cost)
 redis.call('HINCRBY', rollup, p .. 'cache_hits', ARGV[13])
 redis.call('HINCRBY', rollup, p .. 'errors', ARGV[14])
 redis.call('HINCRBY', rollup, p .. 'estimated', ARGV[15])
+redis.call('HINCRBY', rollup, p .. 'saved_tokens', ARGV[18])
+redis.call('HINCRBY', rollup, p .. 'saved_cost_nanos', ARGV[19])
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[17], '*', 'e', ARGV[16])
 return 1

@@ -1,0 +1,173 @@
+"""The pipeline steps with child spans: admission, the routing decision, each upstream
+attempt. Subclasses, swapped in by `Telemetry` only when tracing is on, so the steps
+themselves carry no tracing code and cost nothing extra when it is off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from gateway.admission import Admission
+from gateway.attempts import Attempt, AttemptRunner
+from gateway.cache import CacheTicket, ResponseCache
+from gateway.cache.policy import RawHeaders
+from gateway.canonical import CanonicalRequest, Deployment, UpstreamFailure, UpstreamRequest
+from gateway.config import Config
+from gateway.errors import GatewayError
+from gateway.metering import Ticket
+from gateway.routing import Router
+from gateway.telemetry import genai
+from gateway.telemetry.tracing import RequestTrace, current
+from policies.breakers import Breaker
+from policies.keys import Principal
+from policies.routing.base import Plan, RouteHints
+from policies.scoreboard import Scoreboard
+
+
+@contextmanager
+def _step(tracer: Tracer, name: str) -> Iterator[Span]:
+    """A span for one step; a refusal (`GatewayError`) marks it failed, with its code.
+    Not made current: a step has no child spans, and that saves a context switch."""
+    request = current()
+    if request is not None and not request.recording:  # sampled out: build nothing
+        yield trace.INVALID_SPAN
+        return
+    span = tracer.start_span(name)
+    try:
+        yield span
+    except GatewayError as err:
+        span.set_attribute("error.type", err.code or str(err.status))
+        span.set_status(Status(StatusCode.ERROR, err.message))
+        raise
+    finally:
+        span.end()
+
+
+class TracedAdmission(Admission):
+    tracer: Tracer
+
+    async def admit(self, principal: Principal, req: CanonicalRequest,
+                    deployments: Sequence[Deployment]) -> Ticket:
+        with _step(self.tracer, "turnout.admission") as span:
+            span.set_attribute("turnout.team", principal.team)
+            ticket = await super().admit(principal, req, deployments)
+            span.set_attribute("turnout.reserved_tokens", ticket.reserved_tokens)
+            return ticket
+
+    async def admit_hit(self, principal: Principal, req: CanonicalRequest) -> Ticket:
+        with _step(self.tracer, "turnout.admission") as span:
+            span.set_attribute("turnout.team", principal.team)
+            return await super().admit_hit(principal, req)
+
+
+class TracedCache(ResponseCache):
+    tracer: Tracer
+
+    async def lookup(self, principal: Principal, req: CanonicalRequest,
+                     headers: RawHeaders) -> CacheTicket | None:
+        with _step(self.tracer, "turnout.cache") as span:
+            found = await super().lookup(principal, req, headers)
+            span.set_attribute("turnout.cache.result",
+                               found.outcome.decode() if found is not None else "off")
+            return found
+
+
+class TracedRouter(Router):
+    """The routing decision as a span: every candidate with its score, the choice, why."""
+
+    def __init__(self, cfg: Config, board: Scoreboard, tracer: Tracer) -> None:
+        super().__init__(cfg, board)
+        self.tracer = tracer
+
+    def plan(self, req: CanonicalRequest, deployments: Sequence[Deployment], hints: RouteHints,
+             *, team_slo_ms: float | None = None, team_priority: int = 0,
+             shed: bool = True) -> Plan:
+        with _step(self.tracer, "turnout.route") as span:  # a shed request: 429 on it
+            plan = super().plan(req, deployments, hints, team_slo_ms=team_slo_ms,
+                                team_priority=team_priority, shed=shed)
+            attrs: genai.Attributes = {
+                "gen_ai.request.model": req.model, "turnout.policy": plan.policy,
+                "turnout.reason": plan.reason, "turnout.choice": plan.candidates[0].id,
+                "turnout.candidates": [d.id for d in plan.candidates],
+                "turnout.scores": [f"{k}={v:.6g}" for k, v in plan.scores.items()],
+                "turnout.meets_slo": plan.meets_slo}
+            if plan.predicted_ttft_s is not None:
+                attrs["turnout.predicted_ttft_s"] = plan.predicted_ttft_s
+            if hints.slo_ttft_s is not None:
+                attrs["turnout.slo_ttft_s"] = hints.slo_ttft_s
+            span.set_attributes(attrs)
+            return plan
+
+
+class TracedAttempt(Attempt):
+    """An attempt whose report (exactly once: success or failure) ends its span."""
+
+    __slots__ = ("request", "span")
+
+    def __init__(self, board: Scoreboard, deployment: Deployment, breaker: Breaker | None,
+                 probe: bool, span: Span, request: RequestTrace | None) -> None:
+        super().__init__(board, deployment, breaker, probe)
+        self.span = span
+        self.request = request
+
+    def succeeded(self, chunks: int = 0) -> None:
+        super().succeeded(chunks)
+        self._first_token()
+        self.span.set_attribute("turnout.outcome", "ok")
+        if self.request is not None and self.request.open:
+            self.request.won(self.span)  # ended with the request, with the answer's attributes
+        else:
+            self.span.end()
+
+    def failed(self, err: BaseException) -> None:
+        if self.reported:
+            return
+        super().failed(err)
+        self._first_token()
+        span = self.span
+        if isinstance(err, UpstreamFailure):
+            span.set_attributes({"turnout.outcome": "failed", "error.type": err.kind.value})
+            if err.status is not None:
+                span.set_attribute("http.response.status_code", err.status)
+            span.set_status(Status(StatusCode.ERROR, err.message))
+        else:  # the client went away, or a hedge lost
+            span.set_attribute("turnout.outcome", "cancelled")
+        span.end()
+
+    def _first_token(self) -> None:
+        if self.ttft is not None:
+            self.span.set_attribute("turnout.ttft_s", self.ttft)
+            start = getattr(self.span, "start_time", None)  # the SDK's span records it
+            when = start + int(self.ttft * 1e9) if start is not None else None
+            self.span.add_event("gen_ai.first_token", {"turnout.ttft_s": self.ttft}, when)
+
+
+class TracedRunner(AttemptRunner):
+    """Opens a CLIENT span per upstream attempt and sends its W3C context upstream."""
+
+    def __init__(self, runner: AttemptRunner, tracer: Tracer) -> None:
+        super().__init__(runner.client, runner.board, runner.timeouts, runner.breakers)
+        self.tracer = tracer
+
+    def _attempt(self, dep: Deployment, probe: bool,
+                 ureq: UpstreamRequest | None = None) -> Attempt:
+        request = current()
+        if request is not None and not request.recording:
+            # Sampled out: no span, but the upstream still gets the trace (unsampled).
+            if ureq is not None:
+                propagate.inject(ureq.headers, context=request.context)
+            return super()._attempt(dep, probe, ureq)
+        attrs = genai.attempt_attributes(dep, request.next_attempt() if request else 1, probe)
+        if request is not None:
+            attrs.update(request.attempt_attributes(dep))
+        span = self.tracer.start_span(f"{attrs.get('gen_ai.operation.name', 'chat')} "
+                                      f"{dep.target.upstream_model}", kind=SpanKind.CLIENT,
+                                      attributes=attrs)
+        if ureq is not None:
+            propagate.inject(ureq.headers, context=trace.set_span_in_context(span))
+        breaker = self.breakers.get(dep) if self.breakers is not None else None
+        return TracedAttempt(self.board, dep, breaker, probe, span, request)
