@@ -103,6 +103,7 @@ class Attempt:
             return
         self.reported = True
         if isinstance(err, UpstreamFailure):
+            err.deployment = err.deployment or self.deployment.id
             self.board.failed(self.stats, err.message,
                               timeout=err.kind is FailureKind.TIMEOUT,
                               upstream_fault=err.error_class is ErrorClass.RETRYABLE)

@@ -114,6 +114,7 @@ class UpstreamFailure(Exception):
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        self.deployment: str | None = None  # which deployment failed (set by dispatch)
 
     @property
     def error_class(self) -> ErrorClass:

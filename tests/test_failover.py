@@ -378,6 +378,7 @@ def test_fallback_only_to_models_the_key_may_use(ups: Upstreams, tmp_path: Path)
         with pytest.raises(openai.InternalServerError) as info:
             client.chat.completions.create(model="primary", messages=MESSAGES)
         assert info.value.code == "upstream_server_error"
+        assert "upstream storm/x failed" in info.value.message
         assert ups.qb.stats.requests_total == before  # "backup" is not this key's model
     finally:
         gateway.stop()

@@ -157,7 +157,8 @@ class LLMEndpoint:
 
     async def _failed(self, send: Send, ticket: Ticket, failure: UpstreamFailure,
                       plan: Plan) -> None:
-        err = from_upstream(failure, plan.candidates[0].id)
+        # After failover the last failure may be any candidate's: name the one it was.
+        err = from_upstream(failure, failure.deployment or plan.candidates[0].id)
         ticket.status = err.status
         await send_error(send, self.fmt, err, ticket.req.request_id, ticket.headers)
 
