@@ -168,10 +168,6 @@ class Meter:
         # point every admitted request passes exactly once. It must not raise.
         self.observer: Callable[[Ticket, SettleArgs], None] | None = None
 
-    @property
-    def buffered(self) -> int:
-        return len(self._queue)
-
     def settle(self, ticket: Ticket) -> None:
         args = settlement(ticket)
         if self.observer is not None:

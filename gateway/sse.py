@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DONE = b"[DONE]"
-
 
 @dataclass(slots=True)
 class SSEEvent:

@@ -63,7 +63,3 @@ def _day(days: int) -> str:
 def period_id(period: str, now_s: float) -> str:
     """`2026-05-01` for daily budgets, `2026-05` for monthly ones (UTC)."""
     return day(now_s) if period == "daily" else day(now_s)[:7]
-
-
-def fits(spent: int, reserved: int, cost: int, budget: Budget | None) -> bool:
-    return budget is None or spent + reserved + cost <= budget.nanos

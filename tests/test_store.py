@@ -39,20 +39,6 @@ async def test_ttl_expires(store: Store, request: pytest.FixtureRequest) -> None
     assert await store.get(k) is None
 
 
-async def test_set_if_absent(store: Store, request: pytest.FixtureRequest) -> None:
-    k = key(request, "lock")
-    results = await asyncio.gather(*(store.set_if_absent(k, b"x", ttl_s=5) for _ in range(20)))
-    assert results.count(True) == 1
-
-
-async def test_incr_is_atomic_and_ttl_set_once(store: Store,
-                                               request: pytest.FixtureRequest) -> None:
-    k = key(request, "n")
-    values = await asyncio.gather(*(store.incr(k, 2, ttl_s=5) for _ in range(50)))
-    assert sorted(values) == list(range(2, 101, 2))
-    assert await store.get(k) == b"100"
-
-
 async def test_redis_down_raises_store_unavailable() -> None:
     s = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2)
     assert await s.ping() is False

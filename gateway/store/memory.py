@@ -46,26 +46,8 @@ class MemoryStore:
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
         self._data[key] = (value, self._expiry(ttl_s))
 
-    async def set_if_absent(self, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
-        if self._live(key) is not None:
-            return False
-        self._data[key] = (value, self._expiry(ttl_s))
-        return True
-
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
-
-    async def incr(self, key: str, amount: int = 1, *, ttl_s: float | None = None) -> int:
-        current = self._live(key)
-        if current is None:
-            self._data[key] = (amount, self._expiry(ttl_s))
-            return amount
-        total = int(current) + amount
-        self._data[key] = (total, self._data[key][1])
-        return total
-
-    async def mget(self, keys: list[str]) -> list[bytes | None]:
-        return [await self.get(k) for k in keys]
 
     async def hgetall(self, key: str) -> dict[str, bytes]:
         return {k: _bytes(v) for k, v in self._ledger.hashes.get(key, {}).items()}

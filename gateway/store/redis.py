@@ -18,16 +18,6 @@ from gateway.store.base import LIMITERS, AdmitArgs, AdmitResult, SettleArgs, Sto
 from policies.budgets import Budget
 from policies.ratelimits import LimitState
 
-# INCRBY, and give the key its TTL if it has none, atomically (a client-side INCRBY then
-# EXPIRE pair leaves an immortal counter when the process dies between the two).
-_INCR = """
-local v = redis.call('INCRBY', KEYS[1], ARGV[1])
-if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) == -1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return v
-"""
-
 _DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _LUA = Path(__file__).with_name("lua")
 
@@ -64,7 +54,6 @@ class RedisStore:
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._stream_maxlen = stream_maxlen
-        self._incr = self._redis.register_script(_INCR)
         self._admit = self._redis.register_script(_script("admit"))
         self._settle = self._redis.register_script(_script("settle"))
         self._cache_lookup = self._redis.register_script(_script("cache_lookup", False))
@@ -81,20 +70,11 @@ class RedisStore:
         value: bytes | None = await self._call(self._redis.get, key)
         return value
 
-    async def mget(self, keys: list[str]) -> list[bytes | None]:
-        return list(await self._call(self._redis.mget, keys))
-
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
         await self._call(self._redis.set, key, value, px=_ms(ttl_s))
 
-    async def set_if_absent(self, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
-        return bool(await self._call(self._redis.set, key, value, px=_ms(ttl_s), nx=True))
-
     async def delete(self, key: str) -> None:
         await self._call(self._redis.delete, key)
-
-    async def incr(self, key: str, amount: int = 1, *, ttl_s: float | None = None) -> int:
-        return int(await self._call(self._incr, keys=[key], args=[amount, _ms(ttl_s) or 0]))
 
     async def hgetall(self, key: str) -> dict[str, bytes]:
         raw = await self._call(self._redis.hgetall, key)
