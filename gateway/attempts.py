@@ -12,8 +12,6 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import aiohttp
-
 from adapters import get_adapter
 from adapters.base import StreamTranslator
 from gateway.canonical import (
@@ -28,7 +26,7 @@ from gateway.canonical import (
 )
 from gateway.config import Timeouts
 from gateway.sse import SSEParser
-from gateway.upstream import CUT_OFF, Response, UpstreamClient, read_error
+from gateway.upstream import CUT_OFF, Response, UpstreamClient
 from policies.breakers import Breaker, Breakers
 from policies.scoreboard import DeploymentStats, Scoreboard
 
@@ -163,23 +161,19 @@ class AttemptRunner:
         adapter = get_adapter(dep.dialect)
         ureq = adapter.build_request(req, dep.target)
         attempt = self._attempt(dep, probe, ureq)
+        deadline = asyncio.get_running_loop().time() + self.timeouts.total_s
         try:
-            async with asyncio.timeout(self.timeouts.total_s):
-                resp = await self.client.send(ureq)
-                try:
-                    body = await resp.read()
-                finally:
-                    resp.release()
+            resp = await self.client.send(ureq, deadline)
+            try:
+                body = await resp.read(deadline)
+            finally:
+                resp.release()
             if resp.status >= 300:
                 raise _redacted(adapter.classify_error(resp.status, resp.headers, body), dep)
             result = adapter.parse_response(req, body)
         except TimeoutError:
             failure = UpstreamFailure(FailureKind.TIMEOUT,
                                       f"no response within {self.timeouts.total_s:g}s")
-            attempt.failed(failure)
-            raise failure from None
-        except aiohttp.ClientError as err:
-            failure = read_error(err)
             attempt.failed(failure)
             raise failure from None
         except BaseException as err:
@@ -195,23 +189,22 @@ class AttemptRunner:
         ureq = adapter.build_request(req, dep.target)
         attempt = self._attempt(dep, probe, ureq)
         resp: Response | None = None
+        deadline = asyncio.get_running_loop().time() + min(self.timeouts.first_token_s,
+                                                           self.timeouts.total_s)
         try:
-            async with asyncio.timeout(min(self.timeouts.first_token_s, self.timeouts.total_s)):
-                resp = await self.client.send(ureq)
-                if resp.status >= 300:
-                    body = await resp.read()
-                    raise _redacted(adapter.classify_error(resp.status, resp.headers, body), dep)
-                translator = adapter.stream_translator(req)
-                parser = SSEParser()
-                first = await _first_chunks(resp, parser, translator)
+            resp = await self.client.send(ureq, deadline)
+            if resp.status >= 300:
+                body = await resp.read(deadline)
+                raise _redacted(adapter.classify_error(resp.status, resp.headers, body), dep)
+            translator = adapter.stream_translator(req)
+            parser = SSEParser()
+            first = await _first_chunks(resp, parser, translator, deadline)
         except BaseException as err:
             if resp is not None:
                 resp.close()
             if isinstance(err, TimeoutError):
                 err = UpstreamFailure(FailureKind.TIMEOUT,
                                       f"no first token within {self.timeouts.first_token_s:g}s")
-            elif isinstance(err, aiohttp.ClientError):
-                err = read_error(err)
             attempt.failed(err)
             raise err from None
         attempt.ttft = time.perf_counter() - attempt.started
@@ -220,12 +213,12 @@ class AttemptRunner:
 
 
 async def _first_chunks(
-    resp: Response, parser: SSEParser, translator: StreamTranslator
+    resp: Response, parser: SSEParser, translator: StreamTranslator, deadline: float
 ) -> list[StreamChunk]:
     """Read until the upstream produced something for the client (or ended)."""
     out: list[StreamChunk] = []
     while not out and not translator.finished:
-        line = await resp.content.readline()
+        line = await resp.readline(deadline)
         event = parser.feed_line(line) if line else parser.flush()
         if event is not None:
             out.extend(translator.feed(event.event, event.data))

@@ -14,8 +14,6 @@ import asyncio
 import contextlib
 import logging
 
-import aiohttp
-
 from adapters import get_adapter
 from gateway.canonical import CanonicalRequest, Deployment, UpstreamFailure, UpstreamRequest
 from gateway.failover import Failover
@@ -82,13 +80,13 @@ class CircuitProber:
         if kind == "models":
             headers = {k: v for k, v in ureq.headers.items() if k != "content-type"}
             ureq = UpstreamRequest("GET", dep.target.base_url + "/models", headers, b"")
+        deadline = asyncio.get_running_loop().time() + self._timeout
         try:
-            async with asyncio.timeout(self._timeout):
-                resp = await self._client.send(ureq)
-                try:
-                    await resp.read()
-                finally:
-                    resp.release()
-        except (TimeoutError, UpstreamFailure, aiohttp.ClientError):
+            resp = await self._client.send(ureq, deadline)
+            try:
+                await resp.read(deadline)
+            finally:
+                resp.release()
+        except (TimeoutError, UpstreamFailure):
             return False
         return resp.status < 300

@@ -105,7 +105,7 @@ class Services:
     def _monitor(self, spec: PoolSpec, registry: Registry, board: Scoreboard) -> PoolMonitor:
         name = spec.name
         return PoolMonitor(
-            spec, self.client.session,
+            spec, self.client.get,
             members=lambda: registry.members[name],
             on_members=lambda roots: registry.set_members(name, roots),
             stats=lambda root: board.by_id(replica_id(name, root)),

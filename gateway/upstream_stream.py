@@ -13,12 +13,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-import aiohttp
-
 from gateway.attempts import AttemptRecord, Segment
 from gateway.canonical import Deployment, FailureKind, StreamChunk, UpstreamFailure, Usage
 from gateway.continuation import Splice
-from gateway.upstream import CUT_OFF, read_error
+from gateway.upstream import CUT_OFF
 
 
 class Resumer(Protocol):
@@ -68,23 +66,22 @@ class UpstreamStream:
                     if out is not None:
                         yield out
                 self._pending = []
-                content = seg.resp.content
-                async with asyncio.timeout(None) as budget:
-                    while not seg.translator.finished:
-                        budget.reschedule(min(loop.time() + self._idle, self._deadline))
-                        line = await content.readline()
-                        event = seg.parser.feed_line(line) if line else seg.parser.flush()
-                        if event is not None:
-                            for chunk in seg.translator.feed(event.event, event.data):
-                                out = self._note(chunk)
-                                if out is not None:
-                                    yield out
-                        if not line:
-                            if not seg.translator.finished:
-                                raise UpstreamFailure(FailureKind.PROTOCOL, CUT_OFF)
-                            break
-            except (TimeoutError, aiohttp.ClientError, UpstreamFailure) as err:
-                failure = err if isinstance(err, UpstreamFailure) else read_error(err)
+                resp = seg.resp
+                while not seg.translator.finished:
+                    line = await resp.readline(min(loop.time() + self._idle, self._deadline))
+                    event = seg.parser.feed_line(line) if line else seg.parser.flush()
+                    if event is not None:
+                        for chunk in seg.translator.feed(event.event, event.data):
+                            out = self._note(chunk)
+                            if out is not None:
+                                yield out
+                    if not line:
+                        if not seg.translator.finished:
+                            raise UpstreamFailure(FailureKind.PROTOCOL, CUT_OFF)
+                        break
+            except (TimeoutError, UpstreamFailure) as err:
+                failure = err if isinstance(err, UpstreamFailure) else UpstreamFailure(
+                    FailureKind.TIMEOUT, "timed out reading the response")
                 seg.attempt.failed(failure)
                 if self._resumer is None:
                     raise failure from None

@@ -15,11 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import aiohttp
 import dns.asyncresolver
 import dns.exception
 
 from policies.scoreboard import DeploymentStats
+
+# GET a URL within a timeout: (status, body), or None when it cannot be had in time.
+Fetch = Callable[[str, float], Awaitable[tuple[int, bytes] | None]]
 
 log = logging.getLogger("turnout.pool")
 
@@ -102,15 +104,16 @@ class PoolSpec:
 class PoolMonitor:
     """Background tasks for one pool: DNS membership, health probes, metrics scrapes.
 
-    `members()` gives the current server roots, `on_members(roots)` reports a change,
-    `stats(root)` is where a replica's telemetry goes, `clock` stamps scrapes.
+    `fetch` does the HTTP GETs, `members()` gives the current server roots,
+    `on_members(roots)` reports a change, `stats(root)` is where a replica's telemetry
+    goes, `clock` stamps scrapes.
     """
 
-    def __init__(self, pool: PoolSpec, session: aiohttp.ClientSession, *,
+    def __init__(self, pool: PoolSpec, fetch: Fetch, *,
                  members: Callable[[], list[str]], on_members: Callable[[list[str]], None],
                  stats: Callable[[str], DeploymentStats], clock: Callable[[], float]) -> None:
         self.pool = pool
-        self._session = session
+        self._fetch = fetch
         self._members = members
         self._on_members = on_members
         self._stats = stats
@@ -153,11 +156,8 @@ class PoolMonitor:
             self._on_members(sorted(roots))
 
     async def _get(self, url: str) -> tuple[int, str] | None:
-        try:
-            async with asyncio.timeout(_TIMEOUT_S), self._session.get(url) as resp:
-                return resp.status, await resp.text()
-        except (TimeoutError, aiohttp.ClientError):
-            return None
+        got = await self._fetch(url, _TIMEOUT_S)
+        return None if got is None else (got[0], got[1].decode(errors="replace"))
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(root) for root in self._members()))

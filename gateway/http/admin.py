@@ -57,8 +57,9 @@ class AdminAPI:
             self._authorize(header(scope, b"authorization"))
             parts = tuple(p for p in scope["path_params"]["rest"].split("/") if p)
             query = {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()}
-            body = await read_body(scope, receive, _MAX_BODY) if scope["method"] in (
-                "POST", "PUT") else b""
+            body = b""
+            if scope["method"] in ("POST", "PUT"):
+                body = await read_body(receive, _MAX_BODY, header(scope, b"content-length"))
             status, payload, ctype = await self._route(scope["method"], parts, query, body)
         except GatewayError as err:
             await send_response(send, err.status, error_body(err), [])

@@ -61,7 +61,7 @@ class ModelsEndpoint:
         self.created = int(time.time())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = request_id(scope)
+        rid = request_id(header(scope, b"x-request-id"))
         pipeline = self.services.pipeline
         try:
             principal = await pipeline.authenticate(header(scope, b"authorization"))

@@ -5,6 +5,7 @@ to render answers, streams and errors in the client's own format (OpenAI, Anthro
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -22,7 +23,6 @@ from gateway.http.asgi import (
     Scope,
     Send,
     cancel_on_disconnect,
-    header,
     read_body,
     send_response,
 )
@@ -69,11 +69,27 @@ class ClientFormat(Protocol):
     def stream_encoder(self, req: CanonicalRequest) -> StreamEncoder: ...
 
 
-def request_id(scope: Scope) -> str:
-    given = header(scope, b"x-request-id")
+_rid_prefix = ""
+_rid_counter = itertools.count()
+
+
+def _new_rid_prefix() -> None:
+    # Random per process (forked workers get their own), then a counter: unique without
+    # a syscall per request.
+    global _rid_prefix, _rid_counter
+    _rid_prefix = os.urandom(8).hex()
+    _rid_counter = itertools.count()
+
+
+_new_rid_prefix()
+os.register_at_fork(after_in_child=_new_rid_prefix)
+
+
+def request_id(given: bytes | None) -> str:
+    """The client's `x-request-id` when it is a sane one, else a new id."""
     if given and len(given) <= 128 and given.isascii():
         return given.decode()
-    return os.urandom(12).hex()
+    return f"{_rid_prefix}{next(_rid_counter):08x}"
 
 
 async def send_error(send: Send, fmt: ClientFormat, err: GatewayError, rid: str,
@@ -102,7 +118,8 @@ class LLMEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived = time.monotonic()
-        rid = request_id(scope)
+        headers = dict(scope["headers"])  # one pass; a repeated header: its last value
+        rid = request_id(headers.get(b"x-request-id"))
         fmt = self.fmt
         pipeline = self.services.pipeline
         tel = self.services.telemetry
@@ -111,12 +128,12 @@ class LLMEndpoint:
         principal: Principal | None = None
         req: CanonicalRequest | None = None
         try:
-            api_key = header(scope, fmt.api_key_header) if fmt.api_key_header else None
-            principal = await pipeline.authenticate(header(scope, b"authorization"), api_key)
-            raw = await read_body(scope, receive, self.services.max_body)
+            api_key = headers.get(fmt.api_key_header) if fmt.api_key_header else None
+            principal = await pipeline.authenticate(headers.get(b"authorization"), api_key)
+            raw = await read_body(receive, self.services.max_body, headers.get(b"content-length"))
             req = fmt.parse(self.op, raw, rid)
-            apply_request_headers(req, header(scope, b"x-turnout-slo-ttft-ms"),
-                                  header(scope, b"x-turnout-priority"))
+            apply_request_headers(req, headers.get(b"x-turnout-slo-ttft-ms"),
+                                  headers.get(b"x-turnout-priority"))
             ticket, plan = await pipeline.admit(principal, req, scope["headers"])
         except GatewayError as err:
             tel.refused(rid, err.status, err.code, arrived, req, principal, trace)

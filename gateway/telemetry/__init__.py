@@ -113,5 +113,7 @@ class Telemetry:
             log.exception("telemetry failed for request %s", rid)
 
     async def shutdown(self) -> None:
+        if self.access_log is not None:
+            self.access_log.flush()
         if self.tracing is not None:
             await self.tracing.shutdown()

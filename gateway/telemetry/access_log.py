@@ -9,6 +9,7 @@ completion: the key id names a key without revealing it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
@@ -26,6 +27,7 @@ LOGGER = "turnout.access"
 class AccessLog:
     def __init__(self) -> None:
         self.log = logging.getLogger(LOGGER)
+        self._pending: list[str] = []
         self._plain: logging.StreamHandler[Any] | None = None
         if not self.log.handlers:
             # Bare JSON lines, whatever the root logger's format: log shippers parse them.
@@ -39,12 +41,26 @@ class AccessLog:
         plain, log = self._plain, self.log
         if plain is not None and log.handlers == [plain] and log.isEnabledFor(logging.INFO):
             # Only our own bare handler: write the line as it would, without a LogRecord
-            # and the caller lookup logging makes for each: most of its cost.
-            with plain.lock or contextlib.nullcontext():
-                plain.stream.write(line + "\n")
-                plain.stream.flush()
+            # and the caller lookup logging makes for each (most of its cost), and the
+            # lines of one event-loop turn in one write (stderr writes each line at once).
+            self._pending.append(line)
+            if len(self._pending) == 1:
+                try:
+                    asyncio.get_running_loop().call_soon(self.flush)
+                except RuntimeError:  # no loop (shutdown, a test): now
+                    self.flush()
         else:  # handlers configured by the operator (or a test): the logging way
             log.info(line)
+
+    def flush(self) -> None:
+        plain = self._plain
+        if plain is None or not self._pending:
+            return
+        text = "\n".join(self._pending) + "\n"
+        self._pending.clear()
+        with plain.lock or contextlib.nullcontext():
+            plain.stream.write(text)
+            plain.stream.flush()
 
     def settled(self, event: bytes, trace_id: str | None) -> None:
         if trace_id is not None:

@@ -1,0 +1,258 @@
+"""One HTTP/1.1 connection to an upstream and the response it is reading.
+
+An asyncio protocol fed straight into llhttp (httptools): no stream reader, no per-request
+timer or task, no header object zoo. This is what `gateway/upstream.py` pools. The body
+arrives into one buffer that `read()` (whole) or `readline()` (SSE) drain; a connection
+goes back to its pool only once its response was read to the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Callable
+from typing import Any, cast
+
+import httptools
+
+from gateway.canonical import FailureKind, UpstreamFailure
+
+CUT_OFF = "the upstream ended the response before it finished"
+_PAUSE_AT = 256 * 1024  # buffered and unread: stop reading the socket (back-pressure)
+_DECODERS = {"gzip": 47, "x-gzip": 47, "deflate": 47}  # 47: zlib or gzip, auto-detected
+
+
+def expire(waiter: asyncio.Future[Any]) -> None:
+    """A deadline passed: the waiter raises TimeoutError (as `asyncio.timeout` would)."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class Stale(Exception):
+    """A kept-alive connection closed before answering a byte: resend on a fresh one."""
+
+
+class Response:
+    """Status and headers at once; the body as it arrives. `release()` or `close()` must
+    end it: release keeps the connection for reuse when the body was read to the end."""
+
+    __slots__ = ("_buf", "_conn", "_decoder", "_done", "_error", "_released", "_waiter",
+                 "headers", "status")
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.status = 0
+        self.headers: dict[str, str] = {}  # names lower-cased; repeats joined with ", "
+        self._buf = bytearray()
+        self._decoder: zlib._Decompress | None = None
+        self._done = False
+        self._error: UpstreamFailure | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._released = False
+
+    async def read(self, deadline: float | None = None) -> bytes:
+        """The whole (rest of the) body; TimeoutError if it is not in by `deadline`
+        (the loop's clock)."""
+        while not self._done:
+            await self._wait(deadline)
+        body = bytes(self._buf)
+        self._buf.clear()
+        return body
+
+    async def readline(self, deadline: float | None = None) -> bytes:
+        """The next line with its b"\\n"; the unterminated rest at the end; b"" after.
+        TimeoutError if none is complete by `deadline`."""
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buf[:end + 1])
+                del self._buf[:end + 1]
+                return line
+            if self._done:
+                line = bytes(self._buf)
+                self._buf.clear()
+                return line
+            await self._wait(deadline)
+
+    async def _wait(self, deadline: float | None) -> None:
+        if self._error is not None:
+            raise self._error
+        self._conn.resume()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        # A timer only while waiting: most reads find their data already buffered.
+        timer = loop.call_at(deadline, expire, waiter) if deadline is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def release(self) -> None:
+        """Done with it: the connection is kept if the body was read whole, else dropped."""
+        if not self._released:
+            self._released = True
+            self._conn.finished(reusable=self._done and self._error is None)
+
+    def close(self) -> None:
+        """Drop the connection: an upstream still generating sees the request end."""
+        if not self._released:
+            self._released = True
+            self._conn.finished(reusable=False)
+
+    # Fed by the connection.
+    def _feed(self, data: bytes) -> None:
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decompress(data)
+            except zlib.error:
+                self._fail(UpstreamFailure(FailureKind.PROTOCOL, "bad compressed body"))
+                return
+        self._buf += data
+        self._wake()
+        if len(self._buf) > _PAUSE_AT:
+            self._conn.pause()
+
+    def _finish(self) -> None:
+        if self._decoder is not None:
+            self._buf += self._decoder.flush()
+        self._done = True
+        self._wake()
+
+    def _fail(self, error: UpstreamFailure) -> None:
+        if not self._done:
+            self._error = error
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; one request at a time. `on_idle(self)` hands it back to
+    its pool, `on_gone(self)` tells the pool it closed."""
+
+    def __init__(self, on_idle: Callable[[Connection], None],
+                 on_gone: Callable[[Connection], None]) -> None:
+        self._on_idle = on_idle
+        self._on_gone = on_gone
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._head: asyncio.Future[Response] | None = None
+        self._resp: Response | None = None
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._framed = False  # content-length or chunked: the body's end is known
+        self._keep_alive = False  # the response allows another request on the connection
+        self._got_bytes = False
+        self._paused = False
+        self.closed = False
+        self.idle_since = 0.0
+
+    # Used by the pool and the client.
+    def request(self, data: bytes) -> asyncio.Future[Response]:
+        assert self._transport is not None
+        self._resp = Response(self)
+        self._raw_headers = []
+        self._framed = False
+        self._keep_alive = False
+        self._got_bytes = False
+        head = self._head = asyncio.get_running_loop().create_future()
+        self._transport.write(data)
+        return head
+
+    def close(self) -> None:
+        if self._transport is not None and not self.closed:
+            self._transport.close()
+        self.closed = True
+
+    def pause(self) -> None:
+        if not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def finished(self, *, reusable: bool) -> None:
+        self._resp = None
+        if reusable and self._keep_alive and not self.closed:
+            self._on_idle(self)
+        else:
+            self.close()
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as err:
+            self._broken(f"bad HTTP response from the upstream ({type(err).__name__})")
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._on_gone(self)
+        resp = self._resp
+        if self._head is not None and not self._head.done():
+            if not self._got_bytes:
+                self._head.set_exception(Stale())
+            else:
+                self._head.set_exception(UpstreamFailure(
+                    FailureKind.SERVER, "connection closed before a full response head"))
+        elif resp is not None and not resp._done:
+            if self._framed:
+                resp._fail(UpstreamFailure(FailureKind.PROTOCOL, CUT_OFF))
+            else:
+                resp._finish()  # a body delimited by the connection's end
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        resp = self._resp
+        head = self._head
+        if resp is None or head is None or head.done():
+            return
+        resp.status = self._parser.get_status_code()
+        self._keep_alive = self._parser.should_keep_alive()  # only valid until the body ends
+        headers = resp.headers
+        for raw_name, raw_value in self._raw_headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        self._framed = "content-length" in headers or "transfer-encoding" in headers
+        coding = headers.get("content-encoding")
+        if coding and coding != "identity":
+            wbits = _DECODERS.get(coding)
+            if wbits is None:
+                self._broken(f"the upstream sent an unsupported content-encoding ({coding})")
+                return
+            resp._decoder = zlib.decompressobj(wbits)
+        head.set_result(resp)
+
+    def on_body(self, body: bytes) -> None:
+        if self._resp is not None:
+            self._resp._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._resp is not None:
+            self._resp._finish()
+
+    def _broken(self, message: str) -> None:
+        failure = UpstreamFailure(FailureKind.PROTOCOL, message)
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(failure)
+        elif self._resp is not None:
+            self._resp._fail(failure)
+        self.close()
