@@ -26,6 +26,7 @@ class CanonicalRequest:
     slo_ttft_ms: float | None = None  # from `x-turnout-slo-ttft-ms`
     priority: int | None = None  # from `x-turnout-priority` (may only lower the team's)
     allowed_models: frozenset[str] = frozenset()  # the key's models (empty: all): fallbacks
+    prompt_tokens: int = 0  # estimated at admission: the scoreboard keeps TTFT by prompt size
 
 
 @dataclass(slots=True)

@@ -81,6 +81,7 @@ class Pipeline:
             cache.admitted(cached, ticket)
             if hit:
                 return ticket, Plan([], "cache", "cache hit")
+        req.prompt_tokens = ticket.prompt_estimate
         hints = RouteHints(prompt_tokens=ticket.prompt_estimate, max_tokens=ticket.max_output)
         plan = self.router.plan(req, deps, hints, team_slo_ms=principal.slo_ttft_ms,
                                 team_priority=principal.priority)

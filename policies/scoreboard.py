@@ -9,6 +9,7 @@ probes and `/metrics` scrapes.
 from __future__ import annotations
 
 import bisect
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 from gateway.canonical import Deployment
 from policies.telemetry import DecayingRate, PeakEWMA, WindowedQuantiles
 
-SIZE_EDGES = (512, 2048)  # prompt-token buckets for TTFT: short, medium, long
+# Prompt-token buckets for TTFT: prefill time grows with the prompt, so a replica is judged
+# by prompts of about the request's size (a bucket spans at most a doubling).
+SIZE_EDGES = (512, 1024, 2048)
 
 
 def size_bucket(prompt_tokens: int) -> int:
@@ -36,6 +39,9 @@ class PoolTelemetry:
     # learned as the most it ran while requests still waited. None: not known yet.
     capacity: float | None = None
     scraped_at: float | None = None
+    # Since when scrapes have shown no queue (inf while the last one shows one): a TTFT
+    # from an attempt started before then may include queue wait.
+    calm_since: float = 0.0
     stale: bool = True  # the last scrape failed or is too old: don't trust the numbers
     healthy: bool | None = None  # last `/health` probe; None before the first
 
@@ -47,8 +53,11 @@ class DeploymentStats:
     failures: int = 0
     timeouts: int = 0
     ttft: WindowedQuantiles = field(default_factory=WindowedQuantiles)
-    # TTFT by prompt size: long prompts take longer to prefill, and judging a short
-    # request by them would shut a replica out for the whole window.
+    # TTFT by prompt size, of attempts that did not wait in a replica's queue (as far as
+    # its scrapes tell): the time to serve a prompt that size. Long prompts take longer to
+    # prefill, and judging a short request by them would shut a replica out for the whole
+    # window; so would a burst's queue waits, long after the queue is gone (routing
+    # predicts the wait from the queue's depth instead).
     ttft_by_size: tuple[WindowedQuantiles, ...] = field(
         default_factory=lambda: tuple(WindowedQuantiles() for _ in range(len(SIZE_EDGES) + 1)))
     itl: WindowedQuantiles = field(default_factory=WindowedQuantiles)
@@ -62,21 +71,36 @@ class DeploymentStats:
     def queue_estimate(self) -> float:
         """Requests that would wait at a replica now: the last scrape plus what we sent
         since, less the free slots that absorb them."""
+        return self.queue_ahead() or 0.0
+
+    def queue_ahead(self) -> float | None:
+        """Requests a new one would find ahead of it in a vLLM replica's queue now (0: none,
+        but every slot is busy); None when a slot is free or nothing says otherwise."""
         p = self.pool
         if p.stale or p.scraped_at is None:
-            return 0.0
+            return None
         sent_since = self.in_flight - p.in_flight_at_scrape
         if p.capacity is None:  # never seen it full: only an existing queue grows
-            return max(0.0, p.waiting + sent_since) if p.waiting > 0 else 0.0
-        return max(0.0, p.running + p.waiting + sent_since - p.capacity)
+            return max(0.0, p.waiting + sent_since) if p.waiting > 0 else None
+        ahead = p.running + p.waiting + sent_since - p.capacity
+        return ahead if ahead >= 0 else None
 
     def record_scrape(self, *, waiting: float, running: float, kv_usage: float,
                       prefix_hit_rate: float | None, now: float) -> None:
         p = self.pool
         p.waiting, p.running, p.kv_usage = waiting, running, kv_usage
         p.prefix_hit_rate = prefix_hit_rate
-        if waiting > 0 and running > (p.capacity or 0):
-            p.capacity = running
+        if waiting > 0:
+            if p.calm_since != math.inf and p.scraped_at is not None:
+                # A queue formed since the last scrape: the TTFTs of the attempts it
+                # held were taken for service time; forget what came in since.
+                for window in self.ttft_by_size:
+                    window.drop_after(p.scraped_at)
+            p.calm_since = math.inf
+            if running > (p.capacity or 0):
+                p.capacity = running
+        elif p.calm_since == math.inf:
+            p.calm_since = now
         p.in_flight_at_scrape = self.in_flight
         p.scraped_at = now
         p.stale = False
@@ -112,7 +136,9 @@ class Scoreboard:
         """A stream's first token arrived (recorded now, not when the stream ends)."""
         now = self.clock()
         s.ttft.add(ttft_s, now)
-        s.ttft_by_size[size_bucket(prompt_tokens)].add(ttft_s, now)
+        p = s.pool
+        if p.stale or now - ttft_s >= p.calm_since:  # it started with no queue in sight
+            s.ttft_by_size[size_bucket(prompt_tokens)].add(ttft_s, now)
         s.latency.observe(ttft_s, now)
 
     def succeeded(self, s: DeploymentStats, *, e2e_s: float, streamed: bool,

@@ -40,6 +40,14 @@ class WindowedQuantiles:
                 samples.popleft()
             self._sorted = None
 
+    def drop_after(self, t: float) -> None:
+        """Forget the samples added after `t` (found to be suspect since)."""
+        samples = self._samples
+        if samples and samples[-1][0] > t:
+            while samples and samples[-1][0] > t:
+                samples.pop()
+            self._sorted = None
+
     def count(self, now: float) -> int:
         self._prune(now)
         return len(self._samples)

@@ -9,8 +9,9 @@ from gateway.canonical import CanonicalRequest, Deployment, Target
 from policies.routing import RouteHints, make_policy
 from policies.routing.latency import Latency
 from policies.routing.prefix_affinity import PrefixAffinity
-from policies.routing.slo_cost import SloCost
+from policies.routing.slo_cost import SloCost, erlang_quantile
 from policies.scoreboard import Scoreboard
+from policies.telemetry import WindowedQuantiles
 
 
 class Clock:
@@ -53,7 +54,42 @@ def test_slo_cost_cold_start_prefers_cheapest() -> None:
     assert plan.meets_slo and "no data yet" in plan.reason
 
 
-def test_slo_cost_spills_when_pool_queue_breaks_slo() -> None:
+def scrape(board: Scoreboard, d: Deployment, now: float, *, waiting: float = 0,
+           running: float = 0) -> None:
+    board.stats(d).record_scrape(waiting=waiting, running=running, kv_usage=0.0,
+                                 prefix_hit_rate=None, now=now)
+
+
+def test_slo_cost_fills_the_pool_up_to_what_meets_the_slo() -> None:
+    clock = Clock()
+    board = Scoreboard(clock)
+    policy = SloCost(board)
+    for d in POOL:  # TTFT 0.1 s, requests take 0.2 s; 4 slots, learned while 1 waited
+        ttft_samples(board, d, 0.1)
+        scrape(board, d, clock.now, waiting=1, running=4)
+        assert board.stats(d).pool.capacity == 4
+        scrape(board, d, clock.now, running=2)  # 2 slots free
+    ttft_samples(board, PAID, 0.3)
+    hints = RouteHints(slo_ttft_s=0.5, prompt_tokens=100, max_tokens=100)
+    plan = policy.plan(chat(), [*POOL, PAID], hints)
+    assert plan.candidates[0].pool == "gpu" and plan.predicted_ttft_s == 0.1  # no wait
+    for d in POOL:  # we sent 2 more since the scrape: every slot busy
+        board.started(d)
+        board.started(d)
+    # The next slot of 4 frees within P99 4.6 x 0.2 s / 4 = 0.23 s: 0.33 s, still meets.
+    plan = policy.plan(chat(), [*POOL, PAID], hints)
+    assert plan.candidates[0].pool == "gpu"
+    assert plan.predicted_ttft_s is not None and abs(plan.predicted_ttft_s - 0.33) < 0.01
+    for d in POOL:  # two more queued ahead: the third slot to free, P99 8.4 x 0.05 s
+        board.started(d)
+        board.started(d)
+    plan = policy.plan(chat(), [*POOL, PAID], hints)
+    assert plan.candidates[0] is PAID and plan.meets_slo
+    assert "cheapest meeting ttft<=500ms" in plan.reason
+    assert plan.scores[POOL[0].id] > 0.5
+
+
+def test_slo_cost_spills_when_an_unknown_capacity_pool_queues() -> None:
     clock = Clock()
     board = Scoreboard(clock)
     policy = SloCost(board)
@@ -62,14 +98,98 @@ def test_slo_cost_spills_when_pool_queue_breaks_slo() -> None:
         board.stats(d).pool.__init__(waiting=8, running=4, scraped_at=clock.now, stale=False)
     ttft_samples(board, PAID, 0.3)
     hints = RouteHints(slo_ttft_s=0.5, prompt_tokens=100, max_tokens=100)
-    plan = policy.plan(chat(), [*POOL, PAID], hints)
-    # P99 0.1 s + 8 waiting x 0.2 s per request / 4 running = 0.5 s: just meets the SLO.
-    assert plan.candidates[0].pool == "gpu"
+    # 8 waiting on 4 running 0.2 s requests: the 9th slot to free, P99 17.4 x 0.05 s.
+    assert policy.queue_wait(board.stats(POOL[0]), clock.now) > 0.8
+    assert policy.plan(chat(), [*POOL, PAID], hints).candidates[0] is PAID
     for d in POOL:
-        board.stats(d).pool.waiting = 20
-    plan = policy.plan(chat(), [*POOL, PAID], hints)
-    assert plan.candidates[0] is PAID and plan.meets_slo
-    assert "cheapest meeting ttft<=500ms" in plan.reason
+        board.stats(d).pool.waiting = 0  # the queue is gone (capacity still unknown)
+    assert policy.plan(chat(), [*POOL, PAID], hints).candidates[0].pool == "gpu"
+
+
+def test_queued_attempts_are_not_service_time() -> None:
+    """A burst's TTFTs include queue wait; the queue's depth predicts that wait, so they
+    stay out of the service quantile and don't shut the replica out once it has drained."""
+    clock = Clock()
+    board = Scoreboard(clock)
+    policy = SloCost(board)
+    gpu = POOL[0]
+    ttft_samples(board, gpu, 0.1)
+    scrape(board, gpu, clock.now, waiting=5, running=4)
+    clock.now += 1
+    ttft_samples(board, gpu, 3.0)  # queued: started while the scrape showed a queue
+    s = board.stats(gpu)
+    assert s.ttft.quantile(0.99, clock.now) == 3.0  # still seen (hedging, dashboards)
+    assert policy.service_ttft(s, clock.now, 0) == 0.1
+    clock.now += 1
+    scrape(board, gpu, clock.now, running=3)  # calm again, a slot free
+    calm = clock.now
+    assert s.pool.calm_since == calm and policy.predicted_ttft(gpu, clock.now) == 0.1
+    clock.now += 1
+    # Started before the calm scrape (3 s ago): may have queued, left out.
+    ttft_samples(board, gpu, 3.0)
+    assert policy.service_ttft(s, clock.now, 0) == 0.1
+    ttft_samples(board, gpu, 0.4)  # started after it: counts
+    assert policy.service_ttft(s, clock.now, 0) == 0.4
+    plan = policy.plan(chat(), [gpu, PAID], RouteHints(slo_ttft_s=0.5))
+    assert plan.candidates[0] is gpu
+
+
+def test_a_queue_found_by_a_scrape_voids_the_ttfts_since_the_one_before() -> None:
+    clock = Clock()
+    board = Scoreboard(clock)
+    gpu = POOL[0]
+    ttft_samples(board, gpu, 0.1)
+    scrape(board, gpu, clock.now, running=2)
+    clock.now += 0.5
+    ttft_samples(board, gpu, 2.0)  # a queue formed between two scrapes: it held these
+    s = board.stats(gpu)
+    assert SloCost.service_ttft(s, clock.now, 0) == 2.0
+    clock.now += 0.5
+    scrape(board, gpu, clock.now, waiting=3, running=4)
+    assert SloCost.service_ttft(s, clock.now, 0) == 0.1
+    assert s.ttft.count(clock.now) == 20  # the all-sizes window keeps them all
+
+
+def test_windowed_quantiles_drop_after() -> None:
+    w = WindowedQuantiles()
+    for t in range(10):
+        w.add(float(t), float(t))
+    assert w.quantile(0.99, 9.0) == 9.0
+    w.drop_after(4.5)
+    assert w.count(9.0) == 5 and w.quantile(0.99, 9.0) == 4.0
+    w.drop_after(100.0)
+    assert w.count(9.0) == 5
+
+
+def test_service_ttft_by_prompt_size() -> None:
+    clock = Clock()
+    board = Scoreboard(clock)
+    policy = SloCost(board)
+    slow = POOL[0]
+
+    def samples(prompt_tokens: int, ttft: float) -> None:
+        for _ in range(5):
+            s = board.started(slow)
+            board.first_token(s, ttft, prompt_tokens)
+            board.succeeded(s, e2e_s=1.0, streamed=True)
+
+    samples(700, 0.3)
+    samples(1500, 0.6)
+    s = board.stats(slow)
+    assert policy.service_ttft(s, clock.now, 900) == 0.3
+    assert policy.service_ttft(s, clock.now, 1200) == 0.6
+    assert policy.service_ttft(s, clock.now, 100) == 0.3  # none this short: the next size up
+    assert policy.service_ttft(s, clock.now, 3000) == 0.6  # none this long: the next down
+    hints = RouteHints(slo_ttft_s=0.5)
+    for tokens, first in ((900, slow), (1200, PAID)):
+        hints.prompt_tokens = tokens
+        assert policy.plan(chat(), [slow, PAID], hints).candidates[0] is first
+
+
+def test_erlang_quantile_is_the_p99_wait_for_the_kth_slot() -> None:
+    exact = {1: 4.605, 2: 6.638, 3: 8.406, 5: 11.605, 10: 18.783, 30: 44.19}
+    for k, q in exact.items():
+        assert abs(erlang_quantile(k) / q - 1) < 0.01
 
 
 def test_slo_cost_without_any_meeting_picks_best_predicted() -> None:

@@ -132,14 +132,22 @@ def test_replay_rejects_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 # ---------------------------------------------------------------------------------------------
-# Headline results on the standard scenarios (seed 1)
+# Headline results on the standard scenarios (seed 1; the Pareto claim on seeds 1-5 too)
+
+
+NAIVE = ("round-robin", "least-loaded", "latency")
+
+
+def _standard(seed: int) -> dict[str, Summary]:
+    scn = SCENARIOS["standard"]
+    keep = {"slo-cost", *NAIVE}
+    return _by(_run(replace(scn, policies=tuple(p for p in scn.policies if p.label in keep)),
+                    seed))
 
 
 @pytest.fixture(scope="module")
 def standard() -> dict[str, Summary]:
-    scn = SCENARIOS["standard"]
-    keep = {"slo-cost", "round-robin", "least-loaded", "latency"}
-    return _by(_run(replace(scn, policies=tuple(p for p in scn.policies if p.label in keep))))
+    return _standard(1)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +161,7 @@ def shared_prefix() -> dict[str, dict[str, Summary]]:
     return out
 
 
-@pytest.mark.parametrize("other", ["round-robin", "least-loaded", "latency"])
+@pytest.mark.parametrize("other", NAIVE)
 def test_slo_cost_attains_more_and_rides_out_the_incident(standard: dict[str, Summary],
                                                           other: str) -> None:
     best, worse = standard["slo-cost"], standard[other]
@@ -163,18 +171,26 @@ def test_slo_cost_attains_more_and_rides_out_the_incident(standard: dict[str, Su
     assert best.errors == 0 < worse.errors  # it steered clear of the erroring provider
 
 
-@pytest.mark.parametrize("other", ["least-loaded", "latency"])
+@pytest.mark.parametrize("other", NAIVE)
 def test_slo_cost_is_pareto_better(standard: dict[str, Summary], other: str) -> None:
     assert dominates(standard["slo-cost"], standard[other])
 
 
-def test_slo_cost_versus_round_robin(standard: dict[str, Summary]) -> None:
-    # Round-robin's cost per token is low only because a third of its traffic times
-    # out on the slow replicas (failed requests cost nothing): slo-cost pays at most a
-    # fifth more per token for ~37 points more attainment and no errors.
+def test_slo_cost_fills_the_pool_before_paying(standard: dict[str, Summary]) -> None:
+    # Round-robin's cost per token is low partly because a third of its traffic times
+    # out on the slow replicas (failed requests cost nothing); slo-cost still costs less,
+    # by filling the pool up to what meets the SLO instead of spilling early.
     best, rr = standard["slo-cost"], standard["round-robin"]
     assert best.ttft_attainment >= rr.ttft_attainment + 0.3
-    assert best.cost_per_1m_tokens <= rr.cost_per_1m_tokens * 1.25
+    assert best.cost_per_1m_tokens < rr.cost_per_1m_tokens
+    assert best.pool_share > 0.7
+
+
+@pytest.mark.parametrize("seed", [2, 3, 4, 5])
+def test_slo_cost_is_pareto_better_on_other_seeds(seed: int) -> None:
+    by = _standard(seed)
+    for other in NAIVE:
+        assert dominates(by["slo-cost"], by[other]), other
 
 
 def test_prefix_affinity_raises_the_hit_rate_when_its_key_sees_the_prefix(

@@ -1,29 +1,42 @@
 """SLO-cost (the default): the cheapest deployment predicted to meet the request's TTFT
 SLO; if none is, the one with the best predicted TTFT.
 
-Prediction per deployment: the P99 TTFT it showed over the last minute, plus the wait
-its queue implies (vLLM's `num_requests_waiting`, extrapolated with what we sent since
-the scrape, times the mean request time over the running batch). Deployments with no
-data yet are assumed to meet the SLO, so a cheap self-hosted pool takes traffic first;
-when its queue grows past what the SLO allows, requests spill to paid providers.
+Prediction per deployment = service + wait. Service: the P99 TTFT it showed over the
+last minute for prompts of about this size, from attempts that did not wait in a
+replica's queue. Wait (vLLM replicas): zero while the replica has a free slot (its last
+scrape, plus what we sent since, against its capacity); once every slot is busy, the
+P99 of the wait for the slots ahead of this request to free up, slots freeing at
+capacity / mean request time. So the cheap self-hosted pool is filled up to what still
+meets the SLO, and the rest spills to paid providers. Deployments with no data yet are
+assumed to meet the SLO, so a cheap pool takes traffic first.
 Among replicas of one pool (equal price) the within-pool step decides: least-loaded, or
 prefix-affinity to reuse vLLM's prefix cache.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 from gateway.canonical import CanonicalRequest, Deployment
 from policies.routing.base import Plan, RouteHints
 from policies.routing.least_loaded import LeastLoaded
 from policies.routing.prefix_affinity import PrefixAffinity
-from policies.scoreboard import Scoreboard, size_bucket
+from policies.scoreboard import DeploymentStats, Scoreboard, size_bucket
 
 MIN_SAMPLES = 5  # fewer TTFT samples than this are no basis for a quantile
 QUANTILE = 0.99
 UNHEALTHY_ERROR_RATE = 0.5
 _DEFAULT_SERVICE_S = 1.0  # a request's duration before any has been measured
+_Z = NormalDist().inv_cdf(QUANTILE)
+
+
+def erlang_quantile(k: float, z: float = _Z) -> float:
+    """The quantile (standard normal score `z`) of the sum of `k` >= 1 exponential waits of
+    mean 1 (a Gamma(k, 1) variable), by the Wilson-Hilferty approximation (within 1% of
+    the exact P99 for every k >= 1). The wait for the k-th slot to free among busy ones."""
+    return k * (1 - 1 / (9 * k) + z / (3 * math.sqrt(k))) ** 3
 
 
 class SloCost:
@@ -41,16 +54,33 @@ class SloCost:
         s = self._board.stats(dep)
         if s.error_rate.get(now) > UNHEALTHY_ERROR_RATE:
             return float("inf")
-        window = s.ttft_by_size[size_bucket(prompt_tokens)]
-        if window.count(now) < MIN_SAMPLES:
-            window = s.ttft  # too few of this size yet: all sizes
-        p99 = window.quantile(QUANTILE, now) if window.count(now) >= MIN_SAMPLES else None
-        queued = s.queue_estimate()
-        if queued <= 0:
-            return p99
-        service = s.e2e.mean(now) or _DEFAULT_SERVICE_S
-        wait = queued * service / max(1.0, s.pool.running)
-        return (p99 or 0.0) + wait
+        service = self.service_ttft(s, now, prompt_tokens)
+        wait = self.queue_wait(s, now)
+        return service if wait <= 0 else (service or 0.0) + wait
+
+    @staticmethod
+    def service_ttft(s: DeploymentStats, now: float, prompt_tokens: int) -> float | None:
+        """P99 TTFT of unqueued attempts with prompts of this size; with too few of them,
+        of the nearest larger size (an upper bound), else of the nearest smaller one (a
+        lower bound: worth a try). None when no size has enough."""
+        windows = s.ttft_by_size
+        b = size_bucket(prompt_tokens)
+        for i in (b, *range(b + 1, len(windows)), *range(b - 1, -1, -1)):
+            if windows[i].count(now) >= MIN_SAMPLES:
+                return windows[i].quantile(QUANTILE, now)
+        return None
+
+    @staticmethod
+    def queue_wait(s: DeploymentStats, now: float) -> float:
+        """P99 wait for a slot at a vLLM replica; 0 with a slot free (or nothing known).
+        With `ahead` requests queued before it, a new one gets the (ahead+1)-th slot to
+        free; slots free at about `slots` / mean request time."""
+        ahead = s.queue_ahead()
+        if ahead is None:
+            return 0.0
+        p = s.pool
+        slots = p.capacity if p.capacity is not None else max(1.0, p.running)
+        return erlang_quantile(ahead + 1) * (s.e2e.mean(now) or _DEFAULT_SERVICE_S) / slots
 
     def _cheapest_first(self, req: CanonicalRequest, meets: list[Deployment],
                         hints: RouteHints) -> list[Deployment]:
