@@ -1,4 +1,5 @@
-"""Redis store (redis.asyncio with hiredis): shared by every worker and replica."""
+"""Redis store (our own pipelined RESP2 client, gateway/store/resp.py): shared by every
+worker and replica."""
 
 from __future__ import annotations
 
@@ -7,19 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from gateway.store import layout
 from gateway.store.base import LIMITERS, AdmitArgs, AdmitResult, SettleArgs, StoreUnavailable
+from gateway.store.resp import Encoded, RespClient, RespError, Script, encode_args
 from policies.budgets import Budget
 from policies.ratelimits import LimitState
 
-_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 _LUA = Path(__file__).with_name("lua")
+_ADMIT_KEYS_CACHED = 10_000  # (team, key id) pairs whose admission keys are kept encoded
 
 
 def _script(name: str, common: bool = True) -> str:
@@ -42,75 +38,79 @@ def _state(limit: int, remaining: int, reset_ms: int) -> LimitState | None:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, url: str, *, timeout_s: float = 1.0, stream_maxlen: int = 1_000_000,
-                 max_connections: int = 100) -> None:
-        # One quick retry (a pooled connection may be stale after a Redis restart), no
-        # backoff: an outage must surface at once so the outage policy can act on it.
-        # A bursty process waits briefly for a pooled connection rather than failing.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=timeout_s,
-            socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            health_check_interval=30, retry=Retry(NoBackoff(), 1),
-        )
-        self._redis = aioredis.Redis(connection_pool=pool)
+    def __init__(self, url: str, *, timeout_s: float = 1.0, stream_maxlen: int = 1_000_000
+                 ) -> None:
+        # One pipelined connection: no pool to check out from, and every call fails with
+        # StoreUnavailable within timeout_s when Redis is down or stalled (one quick retry
+        # for a connection gone stale, no backoff: the outage policy acts at once).
+        self._redis = RespClient(url, timeout_s=timeout_s)
         self._stream_maxlen = stream_maxlen
-        self._admit = self._redis.register_script(_script("admit"))
-        self._settle = self._redis.register_script(_script("settle"))
-        self._cache_lookup = self._redis.register_script(_script("cache_lookup", False))
-        self._cache_fill = self._redis.register_script(_script("cache_fill", False))
-        self._cache_lock = self._redis.register_script(_script("cache_lock", False))
-
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await fn(*args, **kwargs)
-        except _DOWN as err:
-            raise StoreUnavailable(f"redis unavailable ({type(err).__name__})") from None
+        self._admit = Script(_script("admit"))
+        self._settle = Script(_script("settle"))
+        self._cache_lookup = Script(_script("cache_lookup", False))
+        self._cache_fill = Script(_script("cache_fill", False))
+        self._cache_lock = Script(_script("cache_lock", False))
+        self._admit_keys_cache: dict[tuple[str, str], Encoded] = {}
 
     async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._call(self._redis.get, key)
+        value: bytes | None = await self._redis.execute(b"GET", key)
         return value
 
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
-        await self._call(self._redis.set, key, value, px=_ms(ttl_s))
+        if ttl_s is None:
+            await self._redis.execute(b"SET", key, value)
+        else:
+            await self._redis.execute(b"SET", key, value, b"PX", _ms(ttl_s) or 1)
 
     async def delete(self, key: str) -> None:
-        await self._call(self._redis.delete, key)
+        await self._redis.execute(b"DEL", key)
 
     async def hgetall(self, key: str) -> dict[str, bytes]:
-        raw = await self._call(self._redis.hgetall, key)
-        return {k.decode(): v for k, v in raw.items()}
+        flat = await self._redis.execute(b"HGETALL", key)  # RESP2: field, value, field, ...
+        pairs = iter(flat)
+        return {field.decode(): value for field, value in zip(pairs, pairs, strict=True)}
 
     async def hget(self, key: str, field: str) -> bytes | None:
-        value: bytes | None = await self._call(self._redis.hget, key, field)
+        value: bytes | None = await self._redis.execute(b"HGET", key, field)
         return value
 
     async def hset(self, key: str, field: str, value: bytes) -> None:
-        await self._call(self._redis.hset, key, field, value)
+        await self._redis.execute(b"HSET", key, field, value)
 
     async def hdel(self, key: str, field: str) -> bool:
-        return bool(await self._call(self._redis.hdel, key, field))
+        return bool(await self._redis.execute(b"HDEL", key, field))
 
     async def sadd(self, key: str, member: str) -> None:
-        await self._call(self._redis.sadd, key, member)
+        await self._redis.execute(b"SADD", key, member)
 
     async def smembers(self, key: str) -> builtins.set[str]:
-        return {m.decode() for m in await self._call(self._redis.smembers, key)}
+        return {m.decode() for m in await self._redis.execute(b"SMEMBERS", key)}
 
     async def xrange(self, key: str, after: str | None, count: int) -> list[tuple[str, bytes]]:
-        rows = await self._call(self._redis.xrange, key, f"({after}" if after else "-", "+",
-                                count)
-        return [(rid.decode(), fields[b"e"]) for rid, fields in rows]
+        rows = await self._redis.execute(b"XRANGE", key, f"({after}" if after else b"-", b"+",
+                                         b"COUNT", count)
+        return [(rid.decode(), _field(fields, b"e")) for rid, fields in rows]
+
+    def _admit_keys(self, team: str, key_id: str) -> Encoded:
+        """The admission script's keys, encoded: the same for every request of an API key,
+        and a good part of the encoding work, so kept (a bounded cache)."""
+        keys = self._admit_keys_cache.get((team, key_id))
+        if keys is None:
+            if len(self._admit_keys_cache) >= _ADMIT_KEYS_CACHED:
+                self._admit_keys_cache.clear()  # rarely: cheaper than tracking recency
+            keys = self._admit_keys_cache[team, key_id] = encode_args(
+                (layout.keys(team),
+                 *[layout.limiter(team, key_id if per_key else None, kind)
+                   for _, per_key, kind in LIMITERS],
+                 layout.budget(team), layout.reservations(team)))
+        return keys
 
     async def admit(self, args: AdmitArgs) -> AdmitResult:
-        t = args.team
-        keys = [layout.keys(t),
-                *(layout.limiter(t, args.key_id if per_key else None, kind)
-                  for _, per_key, kind in LIMITERS),
-                layout.budget(t), layout.reservations(t)]
-        argv = [args.key_id, args.request_id, int(args.check_key), *args.limits(),
+        keys = self._admit_keys(args.team, args.key_id)
+        argv = (args.key_id, args.request_id, int(args.check_key), *args.limits(),
                 args.tokens, *_budget_args(args.team_budget),
-                *_budget_args(args.key_budget), args.cost_nanos, args.ttl_ms]
-        out = await self._call(self._admit, keys=keys, args=argv)
+                *_budget_args(args.key_budget), args.cost_nanos, args.ttl_ms)
+        out = await self._redis.evalsha(self._admit, keys, argv)
         verdict = out[0].decode()
         if verdict == "ok":
             return AdmitResult(requests=_state(*out[1:4]), tokens=_state(*out[4:7]))
@@ -121,56 +121,54 @@ class RedisStore:
         rpm = LIMITERS[index - 1][2] == "rpm"
         return AdmitResult(verdict, retry, *((state, None) if rpm else (None, state)))
 
-    def _settle_call(self, args: SettleArgs) -> tuple[list[str], list[Any]]:
+    def _settle_call(self, args: SettleArgs) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         t = args.team
-        keys = [layout.limiter(t, args.key_id, "tpm"), layout.limiter(t, None, "tpm"),
-                layout.budget(t), layout.reservations(t), layout.rollup(t), layout.events(t)]
-        argv = [args.key_id, args.request_id, args.token_delta, args.key_tpm, args.team_tpm,
+        keys = (layout.limiter(t, args.key_id, "tpm"), layout.limiter(t, None, "tpm"),
+                layout.budget(t), layout.reservations(t), layout.rollup(t), layout.events(t))
+        argv = (args.key_id, args.request_id, args.token_delta, args.key_tpm, args.team_tpm,
                 args.cost_nanos, args.team_period, args.key_period, args.model,
                 args.prompt_tokens, args.completion_tokens, args.cached_tokens,
                 int(args.cache_hit), int(args.error), int(args.estimated), args.event,
-                self._stream_maxlen, args.saved_tokens, args.saved_cost_nanos]
+                self._stream_maxlen, args.saved_tokens, args.saved_cost_nanos)
         return keys, argv
 
     async def settle(self, args: SettleArgs) -> None:
-        keys, argv = self._settle_call(args)
-        await self._call(self._settle, keys=keys, args=argv)
+        await self._redis.evalsha(self._settle, *self._settle_call(args))
 
     async def settle_many(self, batch: Sequence[SettleArgs]) -> None:
-        if len(batch) == 1:
-            await self.settle(batch[0])
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for args in batch:
-            keys, argv = self._settle_call(args)
-            await self._settle(keys=keys, args=argv, client=pipe)  # queued, not sent
-        await self._call(pipe.execute)
+        if batch:  # one write, one round trip; each EVALSHA atomic on its own
+            commands = [self._settle.command(*self._settle_call(a)) for a in batch]
+            await self._redis.execute_many(commands, self._settle)
 
     async def cache_lookup(self, key: str, lock: str, token: bytes,
                            lock_ttl_s: float) -> tuple[bytes | None, bool]:
         lock_ms = _ms(lock_ttl_s) or 0 if lock_ttl_s > 0 else 0
-        out = await self._call(self._cache_lookup, keys=[key, lock], args=[token, lock_ms])
+        out = await self._redis.evalsha(self._cache_lookup, (key, lock), (token, lock_ms))
         return (out, False) if isinstance(out, bytes) else (None, out == 1)
 
     async def cache_fill(self, key: str, value: bytes, ttl_s: float, lock: str,
                          token: bytes) -> None:
-        await self._call(self._cache_fill, keys=[key, lock],
-                         args=[value, _ms(ttl_s) or 1, token])
+        await self._redis.evalsha(self._cache_fill, (key, lock), (value, _ms(ttl_s) or 1, token))
 
     async def cache_unlock(self, lock: str, token: bytes) -> None:
-        await self._call(self._cache_lock, keys=[lock], args=[token, 0])
+        await self._redis.evalsha(self._cache_lock, (lock,), (token, 0))
 
     async def cache_renew(self, locks: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for lock, token in locks:
-            await self._cache_lock(keys=[lock], args=[token, _ms(ttl_s) or 1], client=pipe)
-        await self._call(pipe.execute)
+        ttl_ms = _ms(ttl_s) or 1
+        commands = [self._cache_lock.command((lock,), (token, ttl_ms)) for lock, token in locks]
+        if commands:
+            await self._redis.execute_many(commands, self._cache_lock)
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping())
-        except _DOWN:
+            return bool(await self._redis.execute(b"PING") == b"PONG")
+        except (StoreUnavailable, RespError):
             return False
 
     async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)
+        await self._redis.close()
+
+
+def _field(flat: list[Any], name: bytes) -> Any:
+    """A field's value in a RESP2 flat field/value list (a stream entry's fields)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))[name]
