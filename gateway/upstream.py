@@ -18,18 +18,20 @@ from collections import deque
 from urllib.parse import urlsplit
 
 from gateway.canonical import FailureKind, UpstreamFailure, UpstreamRequest
-from gateway.upstream_http import CUT_OFF, Connection, Response, Stale, expire
+from gateway.upstream_http import CUT_OFF, Connection, Response, expire
 
 __all__ = ["CUT_OFF", "Response", "UpstreamClient"]
 
-_IDLE_S = 15.0  # a kept-alive connection older than this is not reused (servers drop them)
+# A kept-alive connection idle longer is not reused: under uvicorn's (vLLM's) 5 s, so we
+# do not write to one the server is closing (a request lost that way is not resent).
+_IDLE_S = 4.0
 _MAX_TARGETS = 1024  # parsed URLs remembered (a bounded set: deployments x operations)
 
 
 class _Origin:
     """The idle connections to one scheme://host:port, most recently used last."""
 
-    __slots__ = ("host", "idle", "port", "server_hostname", "ssl")
+    __slots__ = ("closed", "host", "idle", "port", "server_hostname", "ssl")
 
     def __init__(self, host: str, port: int, tls: ssl.SSLContext | None) -> None:
         self.host = host
@@ -37,6 +39,7 @@ class _Origin:
         self.ssl = tls
         self.server_hostname = host if tls is not None else None
         self.idle: deque[Connection] = deque()
+        self.closed = False  # the client closed: connections coming back are closed
 
     def take(self, now: float) -> Connection | None:
         while self.idle:
@@ -47,6 +50,9 @@ class _Origin:
         return None
 
     def put(self, conn: Connection) -> None:
+        if self.closed:
+            conn.close()
+            return
         conn.idle_since = asyncio.get_running_loop().time()
         self.idle.append(conn)
 
@@ -66,10 +72,13 @@ class UpstreamClient:
 
     async def start(self) -> None:
         self._closed = False
+        self._origins.clear()
+        self._targets.clear()
 
     async def close(self) -> None:
         self._closed = True
         for origin in self._origins.values():
+            origin.closed = True
             while origin.idle:
                 origin.idle.pop().close()
 
@@ -80,26 +89,17 @@ class UpstreamClient:
         origin, path, host = self._target(req.url)
         data = _encode(req, path, host)
         loop = asyncio.get_running_loop()
-        while True:
-            conn = origin.take(loop.time())
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect(origin, deadline)
-            head = conn.request(data)
-            timer = loop.call_at(deadline, expire, head) if deadline is not None else None
-            try:
-                return await head
-            except Stale:
-                if reused:
-                    continue  # the server had closed it while idle: nothing was processed
-                raise UpstreamFailure(FailureKind.SERVER,
-                                      "connection closed before a response") from None
-            except BaseException:
-                conn.close()  # cancelled or failed mid-request: the connection is unusable
-                raise
-            finally:
-                if timer is not None:
-                    timer.cancel()
+        conn = origin.take(loop.time()) or await self._connect(origin, deadline)
+        head = conn.request(data)
+        timer = loop.call_at(deadline, expire, head) if deadline is not None else None
+        try:
+            return await head
+        except BaseException:
+            conn.close()  # cancelled or failed mid-request: the connection is unusable
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     async def get(self, url: str, timeout_s: float) -> tuple[int, bytes] | None:
         """GET `url` (background probes and scrapes): status and body, or None when it
@@ -122,11 +122,14 @@ class UpstreamClient:
         known = self._targets.get(url)
         if known is not None:
             return known
-        parts = urlsplit(url)
+        try:  # (the error's text would quote the URL: it may hold a secret)
+            parts = urlsplit(url)
+            tls = parts.scheme == "https"
+            port = parts.port or (443 if tls else 80)
+        except ValueError:
+            raise UpstreamFailure(FailureKind.CONNECT, "not a valid URL") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UpstreamFailure(FailureKind.CONNECT, "not an http(s) URL")
-        tls = parts.scheme == "https"
-        port = parts.port or (443 if tls else 80)
         key = (parts.scheme, parts.hostname, port)
         origin = self._origins.get(key)
         if origin is None:
@@ -167,14 +170,20 @@ class UpstreamClient:
         return conn
 
 
+# Framing is ours to write: a configured header of these names is not sent twice.
+_FRAMING = frozenset({"host", "content-length", "transfer-encoding", "accept-encoding",
+                      "connection"})
+
+
 def _encode(req: UpstreamRequest, path: str, host: str) -> bytes:
     lines = [f"{req.method} {path} HTTP/1.1\r\nhost: {host}\r\n"
              f"accept-encoding: gzip, deflate\r\ncontent-length: {len(req.body)}\r\n"]
-    lines += [f"{name}: {value}\r\n" for name, value in req.headers.items()]
+    lines += [f"{name}: {value}\r\n" for name, value in req.headers.items()
+              if name.lower() not in _FRAMING]
     lines.append("\r\n")
     head = "".join(lines)
     # A CR or LF inside a name or value would let it inject headers or requests.
-    breaks = len(req.headers) + 5
+    breaks = len(lines) + 3
     if head.count("\n") != breaks or head.count("\r") != breaks:
         raise UpstreamFailure(FailureKind.PROTOCOL, "a header holds a line break")
     try:

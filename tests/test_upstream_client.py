@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
+import struct
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -102,41 +105,94 @@ async def test_keep_alive_reuses_one_connection(client: UpstreamClient) -> None:
     await server.stop()
 
 
-async def test_a_connection_closed_while_idle_is_replaced_without_an_error(
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(
         client: UpstreamClient) -> None:
+    gone = asyncio.Event()
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       n: int) -> None:
         await server.read_request(reader)
-        writer.write(OK)  # says keep-alive (HTTP/1.1 default)...
+        writer.write(OK)  # says keep-alive (HTTP/1.1's default), then closes anyway
         await writer.drain()
-        if n == 1:
-            await server.read_request(reader)  # ...but drops the next request unanswered
-            return
-        await serve_forever(server, reader, writer, OK)
+        writer.close()
+        await writer.wait_closed()
+        gone.set()
 
     server = Server(handler)
     url = await server.start()
-    for _ in range(2):
-        resp = await client.send(post(url))
-        assert await resp.read() == b'{"ok":true}'
-        resp.release()
-    assert server.connections == 2  # the second request was resent on a fresh connection
-    assert len(server.requests) == 3
+    resp = await client.send(post(url))
+    assert await resp.read() == b'{"ok":true}'
+    conn = resp._conn
+    resp.release()
+    await gone.wait()
+
+    async def noticed() -> None:  # the client has seen the close (a loop turn or two)
+        while not conn.closed:  # noqa: ASYNC110 (a protocol's flag: no event to await)
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(noticed(), 5)
+    resp = await client.send(post(url))  # a fresh connection, no error
+    assert await resp.read() == b'{"ok":true}'
+    resp.release()
+    assert server.connections == 2 and len(server.requests) == 2
     await server.stop()
 
 
-async def test_a_fresh_connection_closed_before_answering_is_a_server_failure(
+async def test_a_request_lost_with_its_connection_is_never_resent(
         client: UpstreamClient) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       n: int) -> None:
         await server.read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await server.read_request(reader)  # takes the second request, then drops it
 
     server = Server(handler)
     url = await server.start()
-    with pytest.raises(UpstreamFailure) as err:
+    resp = await client.send(post(url))
+    await resp.read()
+    resp.release()
+    with pytest.raises(UpstreamFailure) as err:  # the server may have acted on it
         await client.send(post(url))
     assert err.value.kind is FailureKind.SERVER
-    assert server.connections == 1  # not resent: it may have been processed
+    assert server.connections == 1 and len(server.requests) == 2
+    await server.stop()
+
+
+async def test_interim_1xx_heads_are_skipped(client: UpstreamClient) -> None:
+    answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n" + OK
+    server = Server(lambda r, w, n: serve_forever(server, r, w, answer))
+    url = await server.start()
+    for _ in range(2):
+        resp = await client.send(post(url))
+        assert (resp.status, await resp.read()) == (200, b'{"ok":true}')
+        assert "link" not in resp.headers
+        resp.release()
+    assert server.connections == 1
+    await server.stop()
+
+
+async def test_a_connection_that_answers_twice_is_dropped(client: UpstreamClient) -> None:
+    def answer(n: int) -> bytes:
+        body = b'{"for":%d}' % n
+        return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      n: int) -> None:
+        while await server.read_request(reader) is not None:
+            count = len(server.requests)
+            writer.write(answer(count) + (answer(99) if count == 1 else b""))
+            await writer.drain()
+
+    server = Server(handler)
+    url = await server.start()
+    bodies = []
+    for _ in range(2):
+        resp = await client.send(post(url))
+        bodies.append(await resp.read())
+        resp.release()
+    assert bodies == [b'{"for":1}', b'{"for":2}']  # never the stray answer
+    assert server.connections == 2
     await server.stop()
 
 
@@ -160,17 +216,53 @@ async def test_chunked_body_whole_and_by_line(client: UpstreamClient) -> None:
     await server.stop()
 
 
-async def test_gzip_bodies_are_decoded(client: UpstreamClient) -> None:
-    payload = b'{"text":"' + b"abc" * 1000 + b'"}'
-    packed = gzip.compress(payload)
+PAYLOAD = b'{"text":"' + b"abc" * 1000 + b'"}'
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    z = zlib.compressobj(wbits=-15)
+    return z.compress(data) + z.flush()
+
+
+@pytest.mark.parametrize(("coding", "packed"), [
+    ("gzip", gzip.compress(PAYLOAD)),
+    ("GZIP", gzip.compress(PAYLOAD)),
+    ("deflate", zlib.compress(PAYLOAD)),
+    ("deflate", _raw_deflate(PAYLOAD)),
+])
+async def test_compressed_bodies_are_decoded(client: UpstreamClient, coding: str,
+                                             packed: bytes) -> None:
+    answer = (b"HTTP/1.1 200 OK\r\ncontent-encoding: %s\r\ncontent-length: %d\r\n\r\n"
+              % (coding.encode(), len(packed))) + packed
+    server = Server(lambda r, w, n: serve_forever(server, r, w, answer))
+    url = await server.start()
+    resp = await client.send(post(url))
+    assert await resp.read() == PAYLOAD
+    resp.release()
+    assert b"accept-encoding: gzip, deflate\r\n" in server.requests[0]
+    await server.stop()
+
+
+@pytest.mark.parametrize("packed", [
+    gzip.compress(PAYLOAD)[:40],  # truncated
+    gzip.compress(PAYLOAD)[:20] + b"\xff" * 40 + gzip.compress(PAYLOAD)[60:],  # corrupt
+])
+async def test_a_bad_compressed_body_is_a_protocol_failure(client: UpstreamClient,
+                                                            packed: bytes) -> None:
     answer = (b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n"
               % len(packed)) + packed
     server = Server(lambda r, w, n: serve_forever(server, r, w, answer))
     url = await server.start()
     resp = await client.send(post(url))
-    assert await resp.read() == payload
+    with pytest.raises(UpstreamFailure) as err:
+        await resp.read()
+    assert err.value.kind is FailureKind.PROTOCOL and "compressed" in err.value.message
     resp.release()
-    assert b"accept-encoding: gzip, deflate\r\n" in server.requests[0]
+    resp = await client.send(post(url))  # not reused after the broken body
+    with pytest.raises(UpstreamFailure):
+        await resp.read()
+    resp.release()
+    assert server.connections == 2
     await server.stop()
 
 
@@ -199,6 +291,27 @@ async def test_a_body_delimited_by_close_is_read_whole(client: UpstreamClient) -
         assert await resp.read() == b"all of it"
         resp.release()
     assert server.connections == 2  # not kept: the server said close
+    await server.stop()
+
+
+async def test_a_close_delimited_body_cut_by_a_reset_is_a_protocol_failure(
+        client: UpstreamClient) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      n: int) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{\"choices\": [")
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # linger 0: a reset, not an orderly end
+
+    server = Server(handler)
+    url = await server.start()
+    resp = await client.send(post(url))
+    with pytest.raises(UpstreamFailure) as err:
+        await resp.read()
+    assert err.value.kind is FailureKind.PROTOCOL and err.value.message == CUT_OFF
+    resp.close()
     await server.stop()
 
 
@@ -277,8 +390,30 @@ async def test_a_line_break_in_a_header_is_refused_before_sending(
     await server.stop()
 
 
-async def test_a_large_streamed_body_is_read_with_back_pressure(
+async def test_a_large_body_read_whole_leaves_the_connection_usable(
         client: UpstreamClient) -> None:
+    big = b"x" * 300_000  # past the point where readline() would stop reading
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      n: int) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(big), big))
+        await writer.drain()
+        await serve_forever(server, reader, writer, OK)
+
+    server = Server(handler)
+    url = await server.start()
+    resp = await client.send(post(url))
+    assert await resp.read() == big
+    resp.release()
+    resp = await client.send(post(url), asyncio.get_running_loop().time() + 5)
+    assert await resp.read() == b'{"ok":true}'
+    resp.release()
+    assert server.connections == 1
+    await server.stop()
+
+
+async def test_a_large_streamed_body_is_read_line_by_line(client: UpstreamClient) -> None:
     line = b"data: " + b"x" * 1000 + b"\n\n"
     count = 2000  # ~2 MB: well past the point where the client stops reading
 
@@ -304,6 +439,28 @@ async def test_a_large_streamed_body_is_read_with_back_pressure(
     resp.release()
     assert server.connections == 1
     await server.stop()
+
+
+async def test_closing_the_client_closes_connections_in_use_when_they_come_back() -> None:
+    server = Server(lambda r, w, n: serve_forever(server, r, w, OK))
+    url = await server.start()
+    client = UpstreamClient(connect_timeout=2.0)
+    await client.start()
+    resp = await client.send(post(url))
+    await client.close()
+    assert await resp.read() == b'{"ok":true}'
+    resp.release()  # comes back after the close: closed, not pooled
+    await asyncio.wait_for(server.closed.wait(), 5)
+    with pytest.raises(UpstreamFailure) as err:
+        await client.send(post(url))
+    assert err.value.kind is FailureKind.CONNECT
+    await server.stop()
+
+
+async def test_a_bad_url_never_echoes_it(client: UpstreamClient) -> None:
+    with pytest.raises(UpstreamFailure) as err:
+        await client.send(post("http://user:sk-secret@host:notaport"))
+    assert "sk-secret" not in str(err.value)
 
 
 async def test_https_with_the_callers_trust_store() -> None:
