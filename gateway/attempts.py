@@ -161,7 +161,7 @@ class AttemptRunner:
         adapter = get_adapter(dep.dialect)
         ureq = adapter.build_request(req, dep.target)
         attempt = self._attempt(dep, probe, ureq)
-        deadline = asyncio.get_running_loop().time() + self.timeouts.total_s
+        deadline = self.client.loop.time() + self.timeouts.total_s
         try:
             resp = await self.client.send(ureq, deadline)
             try:
@@ -189,8 +189,8 @@ class AttemptRunner:
         ureq = adapter.build_request(req, dep.target)
         attempt = self._attempt(dep, probe, ureq)
         resp: Response | None = None
-        deadline = asyncio.get_running_loop().time() + min(self.timeouts.first_token_s,
-                                                           self.timeouts.total_s)
+        deadline = self.client.loop.time() + min(self.timeouts.first_token_s,
+                                                 self.timeouts.total_s)
         try:
             resp = await self.client.send(ureq, deadline)
             if resp.status >= 300:

@@ -94,7 +94,7 @@ class Dispatcher:
     async def open_stream(self, req: CanonicalRequest, plan: Plan) -> UpstreamStream:
         fo = self.failover
         dep = plan.candidates[0]
-        deadline = asyncio.get_running_loop().time() + self.timeouts.total_s
+        deadline = self.runner.client.loop.time() + self.timeouts.total_s
         if fo is None:
             return UpstreamStream(await self.runner.open(req, dep), deadline,
                                   self.timeouts.idle_s)

@@ -163,6 +163,7 @@ class Meter:
         self.store = store
         self._queue: deque[SettleArgs] = deque()
         self._flusher: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._outage = False
         # Told of every settlement as it is made (metrics, access log, trace end): the one
         # point every admitted request passes exactly once. It must not raise.
@@ -174,7 +175,9 @@ class Meter:
             self.observer(ticket, args)
         self._queue.append(args)
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+            if self._loop is None:  # asked for once: a getpid() call each on Python 3.11
+                self._loop = asyncio.get_running_loop()
+            self._flusher = self._loop.create_task(self._flush())
 
     async def _flush(self) -> None:
         queue = self._queue

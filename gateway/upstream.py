@@ -53,7 +53,7 @@ class _Origin:
         if self.closed:
             conn.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = conn.loop.time()
         self.idle.append(conn)
 
     def gone(self, conn: Connection) -> None:
@@ -69,8 +69,17 @@ class UpstreamClient:
         self._origins: dict[tuple[str, str, int], _Origin] = {}
         self._targets: dict[str, tuple[_Origin, str, str]] = {}
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop it runs on (asked for once: on Python 3.11 each get_running_loop()
+        makes a getpid() system call), for callers' deadlines on the same clock."""
+        assert self._loop is not None, "UpstreamClient.start() was not awaited"
+        return self._loop
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._closed = False
         self._origins.clear()
         self._targets.clear()
@@ -88,7 +97,7 @@ class UpstreamClient:
         (or closes) the response."""
         origin, path, host = self._target(req.url)
         data = _encode(req, path, host)
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         conn = origin.take(loop.time()) or await self._connect(origin, deadline)
         head = conn.request(data)
         timer = loop.call_at(deadline, expire, head) if deadline is not None else None
@@ -104,7 +113,7 @@ class UpstreamClient:
     async def get(self, url: str, timeout_s: float) -> tuple[int, bytes] | None:
         """GET `url` (background probes and scrapes): status and body, or None when it
         cannot be had in time."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        deadline = self.loop.time() + timeout_s
         try:
             resp = await self.send(UpstreamRequest("GET", url, {}, b""), deadline)
             try:
@@ -152,12 +161,12 @@ class UpstreamClient:
         request's `deadline` when that comes first (TimeoutError)."""
         if self._closed:
             raise UpstreamFailure(FailureKind.CONNECT, "the client is closed")
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         limit = loop.time() + self._connect_timeout
         try:
             async with asyncio.timeout_at(limit if deadline is None else min(limit, deadline)):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(origin.put, origin.gone), origin.host, origin.port,
+                    lambda: Connection(loop, origin.put, origin.gone), origin.host, origin.port,
                     ssl=origin.ssl, server_hostname=origin.server_hostname)
         except TimeoutError:
             if deadline is not None and deadline < limit:

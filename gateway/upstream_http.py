@@ -118,7 +118,7 @@ class Response:
 
     async def _wait(self, deadline: float | None) -> None:
         self._conn.resume()
-        loop = asyncio.get_running_loop()
+        loop = self._conn.loop
         waiter = self._waiter = loop.create_future()
         # A timer only while waiting: most reads find their data already buffered.
         timer = loop.call_at(deadline, expire, waiter) if deadline is not None else None
@@ -181,8 +181,9 @@ class Connection(asyncio.Protocol):
     """One keep-alive connection; one request at a time. `on_idle(self)` hands it back to
     its pool, `on_gone(self)` tells the pool it closed."""
 
-    def __init__(self, on_idle: Callable[[Connection], None],
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_idle: Callable[[Connection], None],
                  on_gone: Callable[[Connection], None]) -> None:
+        self.loop = loop
         self._on_idle = on_idle
         self._on_gone = on_gone
         self._parser = httptools.HttpResponseParser(self)
@@ -203,7 +204,7 @@ class Connection(asyncio.Protocol):
         assert self._transport is not None
         self._resp = self._reading = Response(self)
         self._keep_alive = False
-        head = self._head = asyncio.get_running_loop().create_future()
+        head = self._head = self.loop.create_future()
         self._transport.write(data)
         return head
 

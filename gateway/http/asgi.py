@@ -63,37 +63,48 @@ async def send_response(
 
 
 WATCH_AFTER_S = 0.05
+# An ASGI extension our server (gateway/http/protocol.py) offers: scope["extensions"][it]
+# is a function taking a callback (or None) to call when the client disconnects.
+ON_DISCONNECT = "turnout.on_disconnect"
 
 
-async def cancel_on_disconnect(receive: Receive, work: Awaitable[None]) -> None:
+async def cancel_on_disconnect(scope: Scope, receive: Receive, work: Awaitable[None],
+                               loop: asyncio.AbstractEventLoop) -> None:
     """Run `work` in this task; if the client disconnects first, cancel it.
 
     Cancelling unwinds the dispatch code, which drops the upstream connection: that is
-    how the upstream learns to stop generating. The request body must already have
-    been read, so the next message `receive` yields is the disconnect.
-
-    The watcher task starts only once the work has run `WATCH_AFTER_S`: most requests
-    finish sooner and then cost one timer instead of a task (a disconnect in the first
-    50 ms is noticed at 50 ms).
+    how the upstream learns to stop generating. Our server says when the client leaves
+    (`ON_DISCONNECT`); under another, a watcher task reads `receive` for the disconnect
+    (the request body must already have been read). It starts only once the work has run
+    `WATCH_AFTER_S`: most requests finish sooner and then cost one timer, not a task.
+    `loop`: the running loop (asking for it makes a system call on Python 3.11).
     """
-    loop = asyncio.get_running_loop()
-    current = asyncio.current_task()
+    current = asyncio.current_task(loop)
     assert current is not None
     gone = False
     watcher: asyncio.Task[None] | None = None
 
-    async def watch() -> None:
+    def left() -> None:
         nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
         gone = True
         current.cancel()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        left()
 
     def start_watching() -> None:
         nonlocal watcher
         watcher = loop.create_task(watch())
 
-    timer = loop.call_later(WATCH_AFTER_S, start_watching)
+    extensions = scope.get("extensions")
+    hook = extensions.get(ON_DISCONNECT) if extensions else None
+    if hook is not None:
+        hook(left)
+        timer = None
+    else:
+        timer = loop.call_later(WATCH_AFTER_S, start_watching)
     try:
         await work
     except asyncio.CancelledError:
@@ -102,6 +113,9 @@ async def cancel_on_disconnect(receive: Receive, work: Awaitable[None]) -> None:
             return
         raise
     finally:
-        timer.cancel()
+        if hook is not None:
+            hook(None)
+        if timer is not None:
+            timer.cancel()
         if watcher is not None:
             watcher.cancel()

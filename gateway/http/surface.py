@@ -162,7 +162,7 @@ class LLMEndpoint:
         else:
             work = (self._stream if req.stream else self._complete)(ticket, plan, tracked)
         try:
-            await cancel_on_disconnect(receive, work)
+            await cancel_on_disconnect(scope, receive, work, self.services.loop)
         except Exception:
             # A bug of ours: log it with the traceback, tell the client only that it happened.
             log.exception("unhandled error serving request %s", rid)
