@@ -24,6 +24,7 @@ class Plan:
     drain: float
     stream_concurrency: int
     streams: int
+    single_streams: int  # streams one at a time: the added TTFT without queueing (0: off)
     chunks: int
     gap_ms: float
     delay_ms: float
@@ -49,6 +50,9 @@ def parse_args(argv: Sequence[str] | None, doc: str | None) -> argparse.Namespac
     p.add_argument("--open-duration", type=float, help="open-loop seconds (default 10)")
     p.add_argument("--stream-concurrency", type=int, help="concurrent streams (default 8)")
     p.add_argument("--streams", type=int, help="streams per system (default 32)")
+    p.add_argument("--single-streams", type=int,
+                   help="streams one at a time per system, before the concurrent ones "
+                        "(default 16; 0: off)")
     p.add_argument("--chunks", type=int, help="mock: content events per stream (default 64)")
     p.add_argument("--gap-ms", type=float, help="mock: ms between events (default 20)")
     p.add_argument("--delay-ms", type=float, default=0.0, help="mock: ms before responding")
@@ -88,6 +92,7 @@ def make_plan(a: argparse.Namespace) -> Plan:
         drain=2.0 if smoke else 5.0,
         stream_concurrency=pick(a.stream_concurrency, 8, 2),
         streams=pick(a.streams, 32, 4),
+        single_streams=pick(a.single_streams, 16, 2),
         chunks=pick(a.chunks, 64, 8),
         gap_ms=pick(a.gap_ms, 20.0, 5.0),
         delay_ms=a.delay_ms,

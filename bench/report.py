@@ -91,7 +91,13 @@ def targets(results: Results) -> list[dict[str, Any]]:
     litellm = peak_rps(results, litellm_name) if litellm_name else None
     direct = peak_rps(results, DIRECT)
     c1 = _find(results, "closed", concurrency=1)
-    stream = _find(results, "stream")
+    # Streams one at a time show what the gateway adds to TTFT; N started at once (they stay
+    # in step: every stream lasts as long) add the queueing of a burst on one core, which
+    # the floor proxy pays too: that one is judged against the floor's.
+    single = _find(results, "stream", concurrency=1)
+    stream = next((sc for sc in results["scenarios"] if sc["kind"] == "stream"
+                   and sc["concurrency"] > 1), single)
+    floor_burst = stream["results"].get(FLOOR) if stream else None
     for name in turnouts:
         peak = peak_rps(results, name)
         add("peak throughput / floor's", name,
@@ -106,10 +112,17 @@ def targets(results: Results) -> list[dict[str, Any]]:
         r = c1["results"].get(name) if c1 else None
         add("added P50 at c=1", name, r["added_ms"]["p50"] if _ok(r) and r and "added_ms" in r
             else None, "<=", 1.0, "ms")
+        one = single["results"].get(name) if single else None
+        add("stream added TTFT P50, one stream at a time", name,
+            one["added_ms"]["p50"] if _ok(one) and one and "added_ms" in one else None,
+            "<=", 1.0, "ms")
         s = stream["results"].get(name) if stream else None
         have = _ok(s) and s is not None and "added_ms" in s
-        add("stream added TTFT P50", name, s["added_ms"]["p50"] if have and s else None,
-            "<=", 1.0, "ms")
+        burst = f"{stream['concurrency']} started at once" if stream else ""
+        add(f"stream added TTFT P50, {burst}, beyond the floor's", name,
+            s["added_ms"]["p50"] - floor_burst["added_ms"]["p50"]
+            if have and s and _ok(floor_burst) and floor_burst and "added_ms" in floor_burst
+            else None, "<=", 1.0, "ms")
         add("stream added gap jitter P99", name,
             s["added_jitter_p99_ms"] if have and s else None, "<=", 1.0, "ms")
         base = stream["results"].get(DIRECT) if stream else None

@@ -123,6 +123,9 @@ def scenarios(plan: Plan) -> list[dict[str, Any]]:
          "duration_s": plan.duration} for c in plan.concurrency]
     out.append({"id": f"open-r{plan.rate:g}", "kind": "open", "stream": False,
                 "rate": plan.rate, "duration_s": plan.open_duration})
+    if plan.single_streams > 0:
+        out.append({"id": "stream-c1", "kind": "stream", "stream": True, "concurrency": 1,
+                    "streams": plan.single_streams})
     out.append({"id": f"stream-c{plan.stream_concurrency}", "kind": "stream", "stream": True,
                 "concurrency": plan.stream_concurrency, "streams": plan.streams})
     for sc in out:
@@ -165,8 +168,8 @@ def measure(plan: Plan, sc: dict[str, Any], system: Running, stack: Stack,
             system.url, plain, system.headers, rate=plan.rate, duration=plan.open_duration,
             core=core, drain=plan.drain))
     return meter.measure(lambda: loadgen.streams(
-        system.url, request_body(True), system.headers, concurrency=plan.stream_concurrency,
-        count=plan.streams, gap_ms=plan.gap_ms, core=core, expected_chunks=plan.chunks))
+        system.url, request_body(True), system.headers, concurrency=sc["concurrency"],
+        count=sc["streams"], gap_ms=plan.gap_ms, core=core, expected_chunks=plan.chunks))
 
 
 def least_disturbed(rounds: list[Result]) -> Result:

@@ -78,9 +78,11 @@ def test_open_loop_figures(smoke: dict[str, Any]) -> None:
 
 
 def test_stream_figures(smoke: dict[str, Any]) -> None:
-    (sc,) = _by_kind(smoke, "stream")
+    single, burst = _by_kind(smoke, "stream")  # one at a time, then several at once
+    assert single["concurrency"] == 1 and burst["concurrency"] > 1
     chunks = smoke["meta"]["mock"]["chunks"]
-    for name, r in sc["results"].items():
+    for sc, (name, r) in [(sc, item) for sc in (single, burst)
+                          for item in sc["results"].items()]:
         assert r["ok"] == r["streams"] == sc["streams"] and r["errors"] == 0, (name, r)
         assert r["chunks_per_stream"] == {"min": chunks, "max": chunks}
         assert r["ttft_ms"]["p50"] > 0

@@ -337,18 +337,16 @@ class Cycle:
                 body, self.head = self.head + body, None
             if body:
                 proto.transport.write(body)
-        elif self.mode == CHUNKED:  # each message goes out at once: never hold back SSE
-            if body:
-                proto.transport.write(b"%x\r\n%b\r\n%b" % (len(body), body,
-                                                           b"" if more else b"0\r\n\r\n"))
-            elif not more:
-                proto.transport.write(b"0\r\n\r\n")
-        elif self.mode == RAW:
-            if body:
-                proto.transport.write(body)
-        elif self.head is not None:  # NONE: the head alone
-            proto.transport.write(self.head)
-            self.head = None
+        else:  # each message goes out at once (never hold back SSE), the head with the first
+            if self.mode == CHUNKED:
+                out = (b"%x\r\n%b\r\n%b" % (len(body), body, b"" if more else b"0\r\n\r\n")
+                       if body else b"" if more else b"0\r\n\r\n")
+            else:  # RAW, or NONE (no body: the head alone)
+                out = body if self.mode == RAW else b""
+            if self.head is not None:
+                out, self.head = self.head + out, None
+            if out:
+                proto.transport.write(out)
         if not more:
             if self.remaining:
                 raise RuntimeError("Response content shorter than Content-Length")
@@ -393,7 +391,4 @@ class Cycle:
         head = b"".join((STATUS_LINE[status], _default_block(self.proto.state.default_headers),
                          block, extra, b"\r\n"))
         self.keep_alive, self.started, self.expect_100 = keep, True, False
-        if self.mode == LENGTH or self.mode == NONE:
-            self.head = head  # goes out with the body: one write for a whole response
-        else:
-            self.proto.transport.write(head)
+        self.head = head  # goes out with the first body message: one write, not two
