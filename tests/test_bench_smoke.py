@@ -81,8 +81,8 @@ def test_stream_figures(smoke: dict[str, Any]) -> None:
     single, burst = _by_kind(smoke, "stream")  # one at a time, then several at once
     assert single["concurrency"] == 1 and burst["concurrency"] > 1
     chunks = smoke["meta"]["mock"]["chunks"]
-    for sc, (name, r) in [(sc, item) for sc in (single, burst)
-                          for item in sc["results"].items()]:
+    for sc, (name, r) in [(scenario, item) for scenario in (single, burst)
+                          for item in scenario["results"].items()]:
         assert r["ok"] == r["streams"] == sc["streams"] and r["errors"] == 0, (name, r)
         assert r["chunks_per_stream"] == {"min": chunks, "max": chunks}
         assert r["ttft_ms"]["p50"] > 0
