@@ -106,8 +106,14 @@ class SloCost:
     def plan(self, req: CanonicalRequest, deployments: Sequence[Deployment],
              hints: RouteHints) -> Plan:
         slo = hints.slo_ttft_s
-        if len(deployments) == 1 and slo is None:
-            return Plan(list(deployments), self.name, "only deployment")
+        if len(deployments) == 1:  # nothing to choose: predict only for the SLO (shedding)
+            if slo is None:
+                return Plan(list(deployments), self.name, "only deployment")
+            dep = deployments[0]
+            p = self.predicted_ttft(dep, self._board.clock(), hints.prompt_tokens)
+            why = "only deployment" + (f", p99~{p * 1000:.0f}ms" if p is not None else "")
+            return Plan([dep], self.name, why, {dep.id: -1.0 if p is None else p},
+                        p is None or p <= slo, p)
         now = self._board.clock()
         pred = {d.id: self.predicted_ttft(d, now, hints.prompt_tokens) for d in deployments}
         meets = [d for d in deployments if slo is None or (p := pred[d.id]) is None or p <= slo]
