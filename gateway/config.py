@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.store.resp import parse_url
+
 Dialect = Literal["openai", "anthropic", "gemini"]
 SimProfileName = Literal["instant", "fast-gpu", "slow-gpu", "cloud"]
 
@@ -45,9 +47,8 @@ class RedisConfig(_Strict):
 
     @field_validator("url")
     @classmethod
-    def _scheme(cls, v: str) -> str:
-        if not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+    def _parsed(cls, v: str) -> str:
+        parse_url(v)  # what the store will connect with; its errors never quote the URL
         return v
 
 

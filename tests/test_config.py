@@ -96,3 +96,20 @@ def test_provider_presets_fill_dialect_and_url() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"providers": [{"name": "x", "preset": "nope"}], **MINIMAL})
     assert "unknown preset 'nope'" in info.value.problems[0]
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("redis://:s3cret-pw@cache:6379/0?socket_timeout=3", "unsupported options"),
+    ("http://:s3cret-pw@cache:6379", "must start with redis://"),
+    ("redis://:s3cret-pw@cache:port/0", "cannot parse it"),
+    ("rediss://:s3cret-pw@cache:6379/0?ssl_cert_reqs=maybe", "ssl_cert_reqs must be"),
+])
+def test_redis_url_checked_as_the_store_reads_it_without_echoing_it(url: str,
+                                                                     problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"redis": {"url": url},
+                      "providers": [{"name": "p", "base_url": "http://127.0.0.1:1/v1"}],
+                      "models": {"m": {"deployments": [{"target": "p", "model": "x"}]}}})
+    (line,) = info.value.problems
+    assert line.startswith("redis.url: ") and problem in line
+    assert "s3cret-pw" not in str(info.value)
