@@ -6,7 +6,8 @@ path a general-purpose client costs more CPU than the rest of the gateway togeth
 measured aiohttp's request path at ~20 % of a request's CPU (URL objects, header
 multidicts, timers, tracing hooks, a stream reader per response). What a proxy needs is
 small: send a buffered body, read a head, then the body whole or line by line.
-Timeouts other than connect belong to the caller (`gateway/attempts.py`).
+The caller decides its timeouts (`gateway/attempts.py`) and passes them as deadlines on
+the loop's clock; the client enforces them with one timer while it waits.
 """
 
 from __future__ import annotations
