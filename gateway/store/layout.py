@@ -24,10 +24,15 @@ def keys(name: str) -> str:
     return f"turnout:{{{name}}}:keys"  # HASH key id → JSON KeyRecord
 
 
-def limiter(name: str, key_id: str | None, kind: str) -> str:
-    """GCRA TAT for `kind` (rpm | tpm) of a key, or of the whole team (key_id None)."""
-    scope = f"k:{key_id}" if key_id is not None else "team"
-    return f"turnout:{{{name}}}:rl:{scope}:{kind}"
+def limiters(name: str) -> str:
+    # HASH: GCRA TATs, field `limiter(key_id, kind)`; one hash, so a script reads and
+    # writes all of a request's limiters in one call each (a TAT in the past = none)
+    return f"turnout:{{{name}}}:limits"
+
+
+def limiter(key_id: str | None, kind: str) -> str:
+    """The limiters field for `kind` (rpm | tpm) of a key, or of the whole team (None)."""
+    return f"k:{key_id}:{kind}" if key_id is not None else f"team:{kind}"
 
 
 def budget(name: str) -> str:

@@ -22,7 +22,7 @@ Hash = dict[str, bytes | int]
 class LedgerState:
     stream_maxlen: int
     hashes: dict[str, Hash] = field(default_factory=dict)
-    tats: dict[str, float] = field(default_factory=dict)  # GCRA limiters
+    tats: dict[tuple[str, str], float] = field(default_factory=dict)  # (limiters, limiter)
     zsets: dict[str, dict[str, float]] = field(default_factory=dict)  # reservations
     streams: dict[str, deque[tuple[str, bytes]]] = field(default_factory=dict)
     _last_id: tuple[int, int] = (0, 0)
@@ -76,11 +76,11 @@ def admit(st: LedgerState, a: AdmitArgs) -> AdmitResult:
     now = now_s * 1000
     if a.check_key and a.key_id not in st.hash(layout.keys(a.team)):
         return AdmitResult("revoked")
-    passed: dict[str, tuple[str, Verdict, int]] = {}
+    passed: dict[str, tuple[tuple[str, str], Verdict, int]] = {}
     for (name, per_key, kind), limit in zip(LIMITERS, a.limits(), strict=True):
         if limit <= 0:
             continue
-        lkey = layout.limiter(a.team, a.key_id if per_key else None, kind)
+        lkey = (layout.limiters(a.team), layout.limiter(a.key_id if per_key else None, kind))
         v = gcra(st.tats.get(lkey, 0.0), now, limit, 1 if kind == "rpm" else a.tokens)
         if not v.allowed:
             retry = -1 if math.isinf(v.retry_ms) else math.ceil(v.retry_ms)
@@ -119,7 +119,7 @@ def settle(st: LedgerState, s: SettleArgs) -> None:
     if s.token_delta:
         for key_id, limit in ((s.key_id, s.key_tpm), (None, s.team_tpm)):
             if limit > 0:
-                lkey = layout.limiter(s.team, key_id, "tpm")
+                lkey = (layout.limiters(s.team), layout.limiter(key_id, "tpm"))
                 st.tats[lkey] = adjust(st.tats.get(lkey, 0.0), now, limit, s.token_delta)
     _release(st, s.team, s.request_id)
     h = st.hash(layout.budget(s.team))
@@ -131,5 +131,6 @@ def settle(st: LedgerState, s: SettleArgs) -> None:
     rollup = st.hash(layout.rollup(s.team))
     prefix = f"{day(now_s)}|{s.model}|"
     for metric, amount in zip(ROLLUP_METRICS, s.rollup(), strict=True):
-        _incr(rollup, prefix + metric, amount)
+        if amount:  # absent reads as 0, as in Redis
+            _incr(rollup, prefix + metric, amount)
     st.xadd(layout.events(s.team), s.event, now)

@@ -15,7 +15,7 @@ from policies.budgets import Budget
 from policies.ratelimits import LimitState
 
 _LUA = Path(__file__).with_name("lua")
-_KEYS_CACHED = 10_000  # (script, team, key id) whose script keys are kept encoded
+_KEYS_CACHED = 10_000  # (script, team) whose script keys are kept encoded
 
 
 def _script(name: str, common: bool = True) -> str:
@@ -50,7 +50,7 @@ class RedisStore:
         self._cache_lookup = Script(_script("cache_lookup", False))
         self._cache_fill = Script(_script("cache_fill", False))
         self._cache_lock = Script(_script("cache_lock", False))
-        self._keys_cache: dict[tuple[str, str, str], Encoded] = {}
+        self._keys_cache: dict[tuple[str, str], Encoded] = {}
 
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._redis.execute(b"GET", key)
@@ -91,25 +91,22 @@ class RedisStore:
                                          b"COUNT", count)
         return [(rid.decode(), _field(fields, b"e")) for rid, fields in rows]
 
-    def _keys(self, script: str, team: str, key_id: str) -> Encoded:
+    def _keys(self, script: str, team: str) -> Encoded:
         """The admission or settlement script's keys, encoded: the same for every request
-        of an API key, and a good part of the encoding work, so kept (a bounded cache)."""
-        keys = self._keys_cache.get((script, team, key_id))
+        of a team, and a good part of the encoding work, so kept (a bounded cache)."""
+        keys = self._keys_cache.get((script, team))
         if keys is None:
             if len(self._keys_cache) >= _KEYS_CACHED:
                 self._keys_cache.clear()  # rarely: cheaper than tracking recency
-            names = ((layout.keys(team),
-                      *[layout.limiter(team, key_id if per_key else None, kind)
-                        for _, per_key, kind in LIMITERS],
-                      layout.budget(team), layout.reservations(team)) if script == "admit"
-                     else (layout.limiter(team, key_id, "tpm"), layout.limiter(team, None, "tpm"),
-                           layout.budget(team), layout.reservations(team), layout.rollup(team),
-                           layout.events(team)))
-            keys = self._keys_cache[script, team, key_id] = encode_args(names)
+            names = ((layout.keys(team), layout.limiters(team), layout.budget(team),
+                      layout.reservations(team)) if script == "admit"
+                     else (layout.limiters(team), layout.budget(team), layout.reservations(team),
+                           layout.rollup(team), layout.events(team)))
+            keys = self._keys_cache[script, team] = encode_args(names)
         return keys
 
     async def admit(self, args: AdmitArgs) -> AdmitResult:
-        keys = self._keys("admit", args.team, args.key_id)
+        keys = self._keys("admit", args.team)
         argv = (args.key_id, args.request_id, int(args.check_key), *args.limits(),
                 args.tokens, *_budget_args(args.team_budget),
                 *_budget_args(args.key_budget), args.cost_nanos, args.ttl_ms)
@@ -125,7 +122,7 @@ class RedisStore:
         return AdmitResult(verdict, retry, *((state, None) if rpm else (None, state)))
 
     def _settle_call(self, args: SettleArgs) -> tuple[Encoded, tuple[Any, ...]]:
-        keys = self._keys("settle", args.team, args.key_id)
+        keys = self._keys("settle", args.team)
         argv = (args.key_id, args.request_id, args.token_delta, args.key_tpm, args.team_tpm,
                 args.cost_nanos, args.team_period, args.key_period, args.model,
                 args.prompt_tokens, args.completion_tokens, args.cached_tokens,

@@ -28,30 +28,26 @@ local function period_id(period)
   return string.sub(today, 1, 7)
 end
 
--- A GCRA TAT is written with full double precision and lives until it is in the past.
-local function put_tat(key, tat)
-  if tat > now then
-    redis.call('SET', key, string.format('%.17g', tat), 'PX', math.ceil(tat - now) + 1)
-  else
-    redis.call('DEL', key)
-  end
+-- Few calls per script: each redis.call costs more than the command itself, so state is
+-- read with one HMGET per hash and written with one HSET.
+
+-- A GCRA TAT (a field of the team's limiters HASH) with full double precision; one in
+-- the past means the same as none.
+local function tat_str(tat) return string.format('%.17g', tat) end
+
+-- The budget HASH fields of a balance: the team's (prefix '') or a key's ('k:<id>:').
+local function balance_fields(prefix)
+  return prefix .. 'period', prefix .. 'spent', prefix .. 'reserved'
 end
 
-local function get_tat(key)
-  return tonumber(redis.call('GET', key) or '0')
-end
-
--- (spent this period, reserved) for the team (prefix '') or a key ('k:<id>:');
--- a new period starts spent at 0, reservations carry over.
-local function balance(budget, prefix, period)
+-- (spent this period, reserved, period id when a new period starts, else nil) from the
+-- HMGET values of balance_fields at cur[i], cur[i + 1], cur[i + 2]. A new period starts
+-- spent at 0; reservations carry over.
+local function balance(cur, i, period)
   local pid = period_id(period)
-  local cur = redis.call('HMGET', budget, prefix .. 'period', prefix .. 'spent',
-                         prefix .. 'reserved')
-  if cur[1] ~= pid then
-    redis.call('HSET', budget, prefix .. 'period', pid, prefix .. 'spent', 0)
-    return 0, tonumber(cur[3] or '0')
-  end
-  return tonumber(cur[2] or '0'), tonumber(cur[3] or '0')
+  local reserved = tonumber(cur[i + 2] or '0')
+  if cur[i] ~= pid then return 0, reserved, pid end
+  return tonumber(cur[i + 1] or '0'), reserved, nil
 end
 
 -- Give back a reservation (settled, or expired because its request's process died).
