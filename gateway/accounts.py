@@ -5,9 +5,11 @@ record); its team's policy is in the team's slot. Both lookups are cached in-pro
 `auth.cache_ttl_s`, so the hot path does no store round trip for authentication.
 
 Revocation deletes the key's record from its team's `keys` hash and the index. It takes
-effect at once everywhere: the admission script, which every authenticated request runs,
-refuses a key whose record is gone, whatever the caches hold. Policy changes (limits,
-budget, models, priority) reach other processes when their cache entry expires.
+effect at once everywhere: admission in the store refuses a key whose record is gone,
+whatever the caches hold, and with Redis the change is announced to every process
+(gateway/invalidation.py), which drops its cached principal and the key's leases before
+the revocation returns. Policy changes (limits, budget, models, priority) are announced
+the same way; without Redis there is one process, which forgets them itself.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import orjson
 
 from gateway.config import KeyConfig, TeamConfig
 from gateway.errors import GatewayError
+from gateway.invalidation import Change, Invalidations
 from gateway.store import Store, StoreUnavailable, layout
 from policies.budgets import Budget
 from policies.keys import ANONYMOUS, KeyRecord, Principal, TeamPolicy, hash_key, new_key
@@ -63,6 +66,7 @@ class Accounts:
         # Config-declared keys still authenticate while the store is down (fail-open).
         self._declared: dict[str, Principal] = {}
         self._seeder: asyncio.Task[None] | None = None
+        self.invalidations: Invalidations | None = None  # with Redis: tells every process
 
     async def start(self, teams: list[TeamConfig]) -> None:
         records = [(team_policy(t), _key_record(t.name, k)) for t in teams for k in t.keys]
@@ -139,14 +143,15 @@ class Accounts:
     async def seed(self, teams: list[TeamConfig]) -> None:
         """Apply the config's teams and keys: the config is authoritative for what it declares."""
         for team in teams:
-            await self.put_team(team_policy(team))
+            await self.put_team(team_policy(team), wait=False)
             for k in team.keys:
                 await self._put_key(_key_record(team.name, k))
 
-    async def put_team(self, policy: TeamPolicy) -> None:
+    async def put_team(self, policy: TeamPolicy, *, wait: bool = True) -> None:
+        """Create or change a team; `wait`: until every process has forgotten the old."""
         await self.store.set(layout.team(policy.name), orjson.dumps(policy.to_dict()))
         await self.store.sadd(layout.TEAMS, policy.name)
-        self._forget(policy.name)
+        await self._changed(Change(policy.name), wait=wait)
 
     async def get_team(self, name: str) -> TeamPolicy | None:
         raw = await self.store.get(layout.team(name))
@@ -170,7 +175,7 @@ class Accounts:
         # Record first, index last: a crash in between leaves a key that cannot authenticate.
         await self.store.hset(layout.keys(record.team), record.id, raw)
         await self.store.set(layout.key_index(record.hash), raw)
-        self._cache.pop(record.hash, None)
+        await self._changed(Change(record.team, record.id, record.hash), wait=False)
 
     async def keys(self, team: str) -> list[KeyRecord]:
         raw = await self.store.hgetall(layout.keys(team))
@@ -185,12 +190,20 @@ class Accounts:
         # Record first: from this moment admission refuses the key on every replica.
         await self.store.hdel(layout.keys(team), key_id)
         await self.store.delete(layout.key_index(record.hash))
-        self._cache.pop(record.hash, None)
+        await self._changed(Change(team, key_id, record.hash), wait=True)
         log.info("revoked key %s of team %s", key_id, team)
         return True
 
-    def _forget(self, team: str) -> None:
-        """Drop this process's cached principals of a team whose policy just changed."""
+    async def _changed(self, change: Change, *, wait: bool) -> None:
+        if self.invalidations is None:
+            self.forget(change)
+        else:
+            await self.invalidations.announce(change, wait=wait)
+
+    def forget(self, change: Change) -> None:
+        """Drop this process's cached principals of a changed team or key."""
+        if change.key_hash is not None:
+            self._cache.pop(change.key_hash, None)
         for digest, (_, p) in list(self._cache.items()):
-            if p is not None and p.team == team:
+            if p is not None and p.team == change.team and change.key_id in (None, p.key_id):
                 del self._cache[digest]

@@ -1,9 +1,12 @@
-"""Admission: rate limits and budgets for one request, in one store round trip.
+"""Admission: rate limits and budgets for one request, in one store round trip or none.
 
 The request reserves its estimated tokens (prompt estimate + its output limit) on the
 key's and team's TPM limiters, one request on the RPM limiters, and its worst-case cost
 (the dearest deployment of its model) on the budgets; `gateway.metering` settles all of
 it to the real figures afterwards. Anonymous requests (no keys configured) skip this.
+With Redis, a key's requests are admitted from its lease when this process holds one
+(gateway/leases.py: a share of the same limits and budgets, taken from the store ahead of
+need), and by the store, one round trip each, otherwise.
 
 When the store is unreachable, `admission.on_store_outage` decides: `fail-closed`
 refuses with 503; `fail-open` admits against per-process limiters (the same GCRA, in
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 from gateway.canonical import CanonicalRequest, Deployment
 from gateway.config import AdmissionConfig
 from gateway.errors import GatewayError
+from gateway.leases import Leases
 from gateway.metering import Ticket
 from gateway.store import AdmitArgs, AdmitResult, MemoryStore, Store, StoreUnavailable
 from policies import ratelimits
@@ -46,6 +50,7 @@ class Admission:
         self._local = MemoryStore(stream_maxlen=1000)
         self._down_until = 0.0
         self._why = ""
+        self.leases: Leases | None = None  # set by the services when leases are on
 
     async def admit(self, principal: Principal, req: CanonicalRequest,
                     deployments: Sequence[Deployment]) -> Ticket:
@@ -54,13 +59,18 @@ class Admission:
         if principal.anonymous:
             return Ticket(principal, req, prompt, output, 0, [])
         budgeted = principal.team_budget is not None or principal.key_budget is not None
+        tokens = prompt + output
+        cost = worst_case_nanos(deployments, prompt, output) if budgeted else 0
+        leases = self.leases
+        if leases is not None and (lease := leases.take(principal, tokens, cost)):
+            return Ticket(principal, req, prompt, output, tokens,
+                          ratelimits.headers(*lease.states(time.monotonic(), tokens)), lease.id,
+                          cost)
         args = AdmitArgs(
             team=principal.team, key_id=principal.key_id, request_id=req.request_id,
             check_key=True, key_limits=principal.key_limits, team_limits=principal.team_limits,
-            tokens=prompt + output, team_budget=principal.team_budget,
-            key_budget=principal.key_budget,
-            cost_nanos=worst_case_nanos(deployments, prompt, output) if budgeted else 0,
-            ttl_ms=self.ttl_ms)
+            tokens=tokens, team_budget=principal.team_budget, key_budget=principal.key_budget,
+            cost_nanos=cost, ttl_ms=self.ttl_ms)
         return await self._ticket(args, principal, req, prompt, output)
 
     async def admit_hit(self, principal: Principal, req: CanonicalRequest) -> Ticket:
@@ -69,6 +79,10 @@ class Admission:
         does not refuse it: it generates nothing and costs nothing."""
         if principal.anonymous:
             return Ticket(principal, req, 0, 0, 0, [])
+        leases = self.leases
+        if leases is not None and (lease := leases.take(principal, 0, 0)):
+            return Ticket(principal, req, 0, 0, 0,
+                          ratelimits.headers(*lease.states(time.monotonic(), 0)), lease.id)
         p = principal
         args = AdmitArgs(team=p.team, key_id=p.key_id, request_id=req.request_id,
                          check_key=True, key_limits=Limits(rpm=p.key_limits.rpm),
@@ -79,10 +93,16 @@ class Admission:
     async def _ticket(self, args: AdmitArgs, principal: Principal, req: CanonicalRequest,
                       prompt: int, output: int) -> Ticket:
         result, shared = await self._decide(args)
+        leases = self.leases
+        if result.refused and shared and leases is not None and leases.held(principal):
+            # This process's own lease may hold what the request needs: return it, ask again.
+            await leases.give_back(principal)
+            result, shared = await self._decide(args)
         if result.refused:
             raise refusal(result, principal)
         return Ticket(principal, req, prompt, output, args.tokens if shared else 0,
-                      ratelimits.headers(result.requests, result.tokens))
+                      ratelimits.headers(result.requests, result.tokens), req.request_id,
+                      args.cost_nanos if shared else 0)
 
     async def _decide(self, args: AdmitArgs) -> tuple[AdmitResult, bool]:
         """(verdict, whether the shared store made it)."""

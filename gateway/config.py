@@ -293,6 +293,9 @@ class AdmissionConfig(_Strict):
     fallback: LimitsConfig | None = None
     default_max_tokens: int = Field(4096, ge=1, description="reserved when a request sets none")
     reservation_ttl_s: float | None = Field(None, gt=0, description="default: total_s + 60")
+    # With Redis: admit from shares of the limits and budgets taken ahead of need
+    # (gateway/leases.py), so most requests need no round trip; off: one per request.
+    leases: bool = True
 
 
 class MeteringConfig(_Strict):

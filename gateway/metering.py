@@ -46,6 +46,8 @@ class Ticket:
     max_output: int  # the most it may generate (its max_tokens, else the default)
     reserved_tokens: int  # on the store's TPM limiters (0 when not admitted by the store)
     headers: list[tuple[bytes, bytes]]  # x-ratelimit-* for every response
+    reservation: str = ""  # the budget reservation it was admitted under: its own, a lease's
+    reserved_nanos: int = 0  # its part of that reservation
     started: float = field(default_factory=time.monotonic)
     wall: float = field(default_factory=time.time)
     # Outcome, filled in by the surface.
@@ -136,7 +138,8 @@ def settlement(t: Ticket, now: float | None = None) -> SettleArgs:
     }
     reserved = t.reserved_tokens > 0
     return SettleArgs(
-        team=p.team, key_id=p.key_id, request_id=t.req.request_id,
+        team=p.team, key_id=p.key_id, reservation=t.reservation or t.req.request_id,
+        reserved_nanos=t.reserved_nanos,
         token_delta=usage.total_tokens - t.reserved_tokens if reserved else 0,
         key_tpm=p.key_limits.tpm if reserved else 0,
         team_tpm=p.team_limits.tpm if reserved else 0,

@@ -15,14 +15,17 @@ from gateway.dispatch import Dispatcher
 from gateway.failover import Failover
 from gateway.fallbacks import Fallbacks
 from gateway.health_checks import CircuitProber
+from gateway.invalidation import Invalidations
+from gateway.leases import Leases
 from gateway.metering import Meter
 from gateway.pipeline import Pipeline
 from gateway.registry import Registry, replica_id
 from gateway.routing import Router
 from gateway.simulated import start_simulators
-from gateway.store import Store, open_store
+from gateway.store import RedisStore, Store, open_store
 from gateway.telemetry import Telemetry
 from gateway.upstream import UpstreamClient
+from policies.leases import MAX_AGE_S
 from policies.scoreboard import Scoreboard
 from selfhost.pool import PoolMonitor, PoolSpec
 
@@ -60,6 +63,7 @@ class Services:
         self._stack.push_async_callback(self.store.close)
         self.accounts = Accounts(self.store, required=cfg.auth_required,
                                  admin_key=cfg.auth.admin_key, cache_ttl_s=cfg.auth.cache_ttl_s)
+        invalidations = await self._invalidations()
         await self.accounts.start(cfg.teams)
         self._stack.push_async_callback(self.accounts.stop)
         self.meter = Meter(self.store)
@@ -74,16 +78,44 @@ class Services:
         self.failover = self._failover(registry, router, board)
         dispatcher = Dispatcher(self.client, board, cfg.server.timeouts, self.failover)
         self.telemetry.instrument(dispatcher, self.failover)
-        self.pipeline = Pipeline(
-            registry, router, dispatcher, self.accounts,
-            self.telemetry.admission(self.store, cfg.admission, cfg.server.timeouts.total_s),
-            self.meter, self.cache,
-        )
+        admission = self.telemetry.admission(self.store, cfg.admission,
+                                             cfg.server.timeouts.total_s)
+        if invalidations is not None and cfg.admission.leases:
+            admission.leases = self._leases(invalidations, admission.ttl_ms)
+        self.pipeline = Pipeline(registry, router, dispatcher, self.accounts, admission,
+                                 self.meter, self.cache)
         log.info("models: %s", ", ".join(
             f"{name} → {', '.join(d.id for d in deps)}" for name, deps in registry.models.items()))
         # Everything built so far lives as long as the process: keep the garbage collector
         # from walking it again on every full collection while requests are served.
         gc.freeze()
+
+    async def _invalidations(self) -> Invalidations | None:
+        """With Redis: key and policy changes, heard from every process."""
+        if not isinstance(self.store, RedisStore):
+            return None
+        invalidations = Invalidations(self.store)
+        invalidations.handlers.append(self.accounts.forget)
+        self.accounts.invalidations = invalidations
+        await invalidations.start()
+        self._stack.push_async_callback(invalidations.close)
+        return invalidations
+
+    def _leases(self, invalidations: Invalidations, ttl_ms: int) -> Leases | None:
+        assert isinstance(self.store, RedisStore)
+        # A request admitted from a grant (at most MAX_AGE_S after it) must settle before
+        # the grant's budget reservation can lapse.
+        margin_s = MAX_AGE_S + 5
+        if ttl_ms < (self.config.server.timeouts.total_s + margin_s) * 1000:
+            log.warning("admission.leases: off, as admission.reservation_ttl_s is under"
+                        " timeouts.total_s + %gs", margin_s)
+            return None
+        leases = Leases(self.store, self.loop, ttl_ms=ttl_ms, live=lambda: invalidations.live)
+        invalidations.handlers.append(lambda change: leases.drop(change.team, change.key_id))
+        invalidations.on_down.append(leases.drop_all)
+        self.telemetry.watch_leases(leases)
+        self._stack.push_async_callback(leases.close)  # before the meter and store close
+        return leases
 
     def _failover(self, registry: Registry, router: Router, board: Scoreboard
                   ) -> Failover | None:

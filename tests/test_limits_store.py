@@ -44,7 +44,8 @@ def args(team: str, *, key: Limits = NONE, whole: Limits = NONE, tokens: int = 0
 
 
 def settle_args(a: AdmitArgs, *, cost: int = 0, delta: int = 0, model: str = "m") -> SettleArgs:
-    return SettleArgs(team=a.team, key_id=a.key_id, request_id=a.request_id, token_delta=delta,
+    return SettleArgs(team=a.team, key_id=a.key_id, reservation=a.request_id,
+                      reserved_nanos=a.cost_nanos, token_delta=delta,
                       key_tpm=a.key_limits.tpm, team_tpm=a.team_limits.tpm, cost_nanos=cost,
                       team_period="daily", key_period="monthly", model=model, prompt_tokens=3,
                       completion_tokens=4, cached_tokens=1, cache_hit=False, error=False,

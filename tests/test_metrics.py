@@ -145,7 +145,9 @@ async def test_metrics_off_has_no_route(sim: ThreadedSim) -> None:
 async def test_redis_latency_and_errors(sim: ThreadedSim, tmp_path: Path) -> None:
     redis = RedisServer(tmp_path)
     try:
-        async with serving(config(sim, redis={"url": redis.url})) as gw:
+        # Leases off: every request is admitted by Redis, and so timed (one `admit` each).
+        async with serving(config(sim, redis={"url": redis.url},
+                                  admission={"leases": False})) as gw:
             for _ in range(2):
                 r = await gw.client.post("/v1/chat/completions", headers=AUTH,
                                          json={"model": "m", "messages": MESSAGES})

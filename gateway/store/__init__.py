@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from gateway.store.base import AdmitArgs, AdmitResult, SettleArgs, Store, StoreUnavailable
+from gateway.store.base import (
+    AdmitArgs,
+    AdmitResult,
+    LeaseArgs,
+    LeaseGrant,
+    SettleArgs,
+    Store,
+    StoreUnavailable,
+)
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 
@@ -13,5 +21,5 @@ def open_store(redis_url: str | None, *, stream_maxlen: int = 1_000_000) -> Stor
     return MemoryStore(stream_maxlen=min(stream_maxlen, 100_000))
 
 
-__all__ = ["AdmitArgs", "AdmitResult", "MemoryStore", "RedisStore", "SettleArgs", "Store",
-           "StoreUnavailable", "open_store"]
+__all__ = ["AdmitArgs", "AdmitResult", "LeaseArgs", "LeaseGrant", "MemoryStore", "RedisStore",
+           "SettleArgs", "Store", "StoreUnavailable", "open_store"]

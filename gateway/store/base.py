@@ -59,7 +59,8 @@ class AdmitResult:
 class SettleArgs:
     team: str
     key_id: str
-    request_id: str
+    reservation: str  # the reservation it was admitted under: its request id, or a lease's
+    reserved_nanos: int  # its part of that reservation, given back
     token_delta: int  # real tokens minus those reserved on the TPM limiters
     key_tpm: int  # the limits the reservation was made under (0: none, or not reserved)
     team_tpm: int
@@ -82,6 +83,33 @@ class SettleArgs:
         return (1, self.prompt_tokens, self.completion_tokens, self.cached_tokens,
                 self.cost_nanos, int(self.cache_hit), int(self.error), int(self.estimated),
                 self.saved_tokens, self.saved_cost_nanos)
+
+
+@dataclass(slots=True)
+class LeaseArgs:
+    """A lease's renewal (policies/leases.py): give back `returning`, the units it still
+    holds, and take a new share, each of requests, tokens and nanos `wanted` and at least
+    `least` (wanted all 0: give back only), under the key's and team's limits and budgets."""
+
+    team: str
+    key_id: str
+    lease_id: str
+    limits: tuple[int, int, int, int]  # in LIMITERS order
+    returning: tuple[int, int, int]
+    wanted: tuple[int, int, int]
+    least: tuple[int, int, int]
+    team_budget: Budget | None
+    key_budget: Budget | None
+    ttl_ms: int  # its budget reservation expires this long after the last grant
+    share: int  # each limiter and budget gives at most 1/share of what it has left
+
+
+@dataclass(slots=True)
+class LeaseGrant:
+    refused: str = ""  # "" | "returned" (gave back only) | "revoked" | "none": nothing to spare
+    granted: tuple[float, float, float] = (0, 0, 0)  # requests, tokens, nanos (inf: no bound)
+    requests: LimitState | None = None  # the tighter RPM limiter after the grant
+    tokens: LimitState | None = None
 
 
 class Store(Protocol):

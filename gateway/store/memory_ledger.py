@@ -52,15 +52,23 @@ def _balance(h: Hash, prefix: str, period: str, now_s: float) -> tuple[int, int]
     return int(h.get(prefix + "spent", 0)), reserved
 
 
-def _release(st: LedgerState, team: str, rid: str) -> None:
+def _release(st: LedgerState, team: str, rid: str, amount: int | None = None) -> None:
+    """Give back `amount` (None: all) of reservation `rid` (lua/common.lua's release)."""
     h, resv = st.hash(layout.budget(team)), st.zsets.setdefault(layout.reservations(team), {})
-    resv.pop(rid, None)
-    record = h.pop("r:" + rid, None)
+    record = h.get("r:" + rid)
     if record is None:
+        resv.pop(rid, None)
         return
-    amount, key_id = bytes(record).decode().split(" ", 1)
-    _incr(h, "reserved", -int(amount))
-    _incr(h, f"k:{key_id}:reserved", -int(amount))
+    held_text, key_id = bytes(record).decode().split(" ", 1)
+    held = int(held_text)
+    amount = held if amount is None else min(amount, held)
+    _incr(h, "reserved", -amount)
+    _incr(h, f"k:{key_id}:reserved", -amount)
+    if amount < held:
+        h["r:" + rid] = f"{held - amount} {key_id}".encode()
+    else:
+        del h["r:" + rid]
+        resv.pop(rid, None)
 
 
 def _state(v: Verdict, limit: int) -> LimitState:
@@ -121,7 +129,7 @@ def settle(st: LedgerState, s: SettleArgs) -> None:
             if limit > 0:
                 lkey = (layout.limiters(s.team), layout.limiter(key_id, "tpm"))
                 st.tats[lkey] = adjust(st.tats.get(lkey, 0.0), now, limit, s.token_delta)
-    _release(st, s.team, s.request_id)
+    _release(st, s.team, s.reservation, s.reserved_nanos)
     h = st.hash(layout.budget(s.team))
     kprefix = f"k:{s.key_id}:"
     _balance(h, "", s.team_period, now_s)

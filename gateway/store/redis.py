@@ -4,13 +4,23 @@ worker and replica."""
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.store import layout
-from gateway.store.base import LIMITERS, AdmitArgs, AdmitResult, SettleArgs, StoreUnavailable
-from gateway.store.resp import Encoded, RespClient, RespError, Script, encode_args
+from gateway.store.base import (
+    LIMITERS,
+    AdmitArgs,
+    AdmitResult,
+    LeaseArgs,
+    LeaseGrant,
+    SettleArgs,
+    StoreUnavailable,
+)
+from gateway.store.pubsub import Subscription
+from gateway.store.resp import Encoded, RespClient, RespError, Script, encode, encode_args
 from policies.budgets import Budget
 from policies.ratelimits import LimitState
 
@@ -47,6 +57,8 @@ class RedisStore:
         self._stream_maxlen = stream_maxlen
         self._admit = Script(_script("admit"))
         self._settle = Script(_script("settle"))
+        self._lease = Script(_script("lease"))
+        self._url, self._timeout = url, timeout_s
         self._cache_lookup = Script(_script("cache_lookup", False))
         self._cache_fill = Script(_script("cache_fill", False))
         self._cache_lock = Script(_script("cache_lock", False))
@@ -98,10 +110,9 @@ class RedisStore:
         if keys is None:
             if len(self._keys_cache) >= _KEYS_CACHED:
                 self._keys_cache.clear()  # rarely: cheaper than tracking recency
-            names = ((layout.keys(team), layout.limiters(team), layout.budget(team),
-                      layout.reservations(team)) if script == "admit"
-                     else (layout.limiters(team), layout.budget(team), layout.reservations(team),
-                           layout.rollup(team), layout.events(team)))
+            ledger = (layout.limiters(team), layout.budget(team), layout.reservations(team))
+            names = ((*ledger, layout.rollup(team), layout.events(team)) if script == "settle"
+                     else (layout.keys(team), *ledger))
             keys = self._keys_cache[script, team] = encode_args(names)
         return keys
 
@@ -123,11 +134,12 @@ class RedisStore:
 
     def _settle_call(self, args: SettleArgs) -> tuple[Encoded, tuple[Any, ...]]:
         keys = self._keys("settle", args.team)
-        argv = (args.key_id, args.request_id, args.token_delta, args.key_tpm, args.team_tpm,
+        argv = (args.key_id, args.reservation, args.token_delta, args.key_tpm, args.team_tpm,
                 args.cost_nanos, args.team_period, args.key_period, args.model,
                 args.prompt_tokens, args.completion_tokens, args.cached_tokens,
                 int(args.cache_hit), int(args.error), int(args.estimated), args.event,
-                self._stream_maxlen, args.saved_tokens, args.saved_cost_nanos)
+                self._stream_maxlen, args.saved_tokens, args.saved_cost_nanos,
+                args.reserved_nanos)
         return keys, argv
 
     async def settle(self, args: SettleArgs) -> None:
@@ -137,6 +149,38 @@ class RedisStore:
         if batch:  # one write, one round trip; each EVALSHA atomic on its own
             commands = [self._settle.command(*self._settle_call(a)) for a in batch]
             await self._redis.execute_many(commands, self._settle)
+
+    async def lease(self, args: LeaseArgs) -> LeaseGrant:
+        keys = self._keys("lease", args.team)
+        argv = (args.key_id, args.lease_id, *args.limits, *args.returning, *args.wanted,
+                *args.least, *_budget_args(args.team_budget), *_budget_args(args.key_budget),
+                args.ttl_ms, args.share)
+        out = await self._redis.evalsha(self._lease, keys, argv)
+        verdict = out[0].decode()
+        if verdict != "ok":
+            return LeaseGrant(verdict)
+        requests, tokens, nanos = (math.inf if n < 0 else float(n) for n in out[1:4])
+        return LeaseGrant("", (requests, tokens, nanos), _state(*out[4:7]), _state(*out[7:10]))
+
+    # Invalidations (gateway/invalidation.py): a channel every gateway process listens on.
+
+    async def publish(self, channel: str, message: bytes) -> int:
+        """How many subscribers received it."""
+        return int(await self._redis.execute(b"PUBLISH", channel, message))
+
+    async def ack(self, key: str, ttl_ms: int) -> None:
+        """Append one acknowledgement to list `key`, which lapses after `ttl_ms`."""
+        await self._redis.execute_many([encode((b"RPUSH", key, b"1")),
+                                        encode((b"PEXPIRE", key, ttl_ms))])
+
+    async def count(self, key: str) -> int:
+        """The length of list `key` (0 when absent)."""
+        return int(await self._redis.execute(b"LLEN", key))
+
+    def subscription(self, channel: str, on_message: Callable[[bytes], None],
+                     on_down: Callable[[], None]) -> Subscription:
+        """A subscription to `channel` on a connection of its own (not started)."""
+        return Subscription(self._url, channel, on_message, on_down, timeout_s=self._timeout)
 
     async def cache_lookup(self, key: str, lock: str, token: bytes,
                            lock_ttl_s: float) -> tuple[bytes | None, bool]:

@@ -18,6 +18,7 @@ from gateway.canonical import CanonicalRequest
 from gateway.config import AdmissionConfig, Config
 from gateway.dispatch import Dispatcher
 from gateway.failover import Failover
+from gateway.leases import Leases
 from gateway.metering import Ticket
 from gateway.routing import Router
 from gateway.store import SettleArgs, Store
@@ -68,6 +69,10 @@ class Telemetry:
         if isinstance(cache, TracedCache):
             cache.tracer = self.tracing.tracer
         return cache
+
+    def watch_leases(self, leases: Leases) -> None:
+        if self.metrics is not None:
+            self.metrics.watch_leases(leases)
 
     def instrument(self, dispatcher: Dispatcher, failover: Failover | None) -> None:
         if self.tracing is not None:

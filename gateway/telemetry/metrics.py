@@ -36,6 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from gateway.cache import BYPASS, HIT, MISS
 from gateway.failover import Failover, FailoverCounters
 from gateway.http.asgi import Receive, Scope, Send, send_response
+from gateway.leases import Leases
 from gateway.metering import Ticket
 from gateway.store import RedisStore, SettleArgs, Store, StoreUnavailable
 
@@ -109,6 +110,9 @@ class Metrics:
                                         registry=r, buckets=FAST_BUCKETS)
         self.redis_errors = Counter("turnout_redis_errors", "Redis unavailable, by operation",
                                     ["op"], registry=r)
+        self.leased = Counter("turnout_lease_admissions",
+                              "Requests admitted from a lease, without a Redis round trip",
+                              registry=r)
         # Bound for every model, so all three export (at 0) before the first lookup.
         self._cache = {(model, outcome): self.cache.labels(model, outcome.decode())
                        for model in self.models for outcome in (HIT, MISS, BYPASS)}
@@ -119,9 +123,14 @@ class Metrics:
                         for f in fields(FailoverCounters)]
         self._seen = dict.fromkeys((name for name, _ in self._events), 0)
         self._breakers_at = 0.0
+        self._leases: Leases | None = None
+        self._leased_seen = 0
 
     def watch(self, failover: Failover | None) -> None:
         self._fo = failover
+
+    def watch_leases(self, leases: Leases) -> None:
+        self._leases = leases
 
     def _of(self, model: str, deployment: str) -> _Series:
         series = self._series.get((model, deployment))
@@ -161,6 +170,9 @@ class Metrics:
             self._cache[(req.model, ticket.cache.outcome)].inc()
         if self._fo is not None:
             self._sync(now)
+        if self._leases is not None and self._leases.admitted != self._leased_seen:
+            self.leased.inc(self._leases.admitted - self._leased_seen)
+            self._leased_seen = self._leases.admitted
         # Last: a reader that sees nothing in flight sees every count above complete.
         self._in_flight[req.model].dec()
 

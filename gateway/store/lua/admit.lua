@@ -11,12 +11,11 @@ if ARGV[3] == '1' and redis.call('HEXISTS', KEYS[1], key_id) == 0 then
   return {'revoked', 0, 0, 0, 0, 0}
 end
 local limiters, budget, resv = KEYS[2], KEYS[3], KEYS[4]
-local kprefix = 'k:' .. key_id .. ':'
 
 local tokens = tonumber(ARGV[8])
 local qty = {1, tokens, 1, tokens}
 local names = {'key_rpm', 'key_tpm', 'team_rpm', 'team_tpm'}
-local fields = {kprefix .. 'rpm', kprefix .. 'tpm', 'team:rpm', 'team:tpm'}
+local fields = limiter_fields(key_id)
 local verdicts, tat_writes = {}, {}
 local tats
 for i = 1, 4 do
@@ -39,52 +38,24 @@ for i = 1, 4 do
   end
 end
 
-local expired = redis.call('ZRANGEBYSCORE', resv, '-inf', now, 'LIMIT', 0, 64)
-for _, old in ipairs(expired) do release(budget, resv, old) end
-
+purge_expired(budget, resv)
 local cost = tonumber(ARGV[13])
-local team_budget, key_budget = tonumber(ARGV[9]), tonumber(ARGV[11])
-local budget_writes = {}
-if team_budget >= 0 or key_budget >= 0 then
-  local tp, ts, tr = balance_fields('')
-  local kp, ks, kr = balance_fields(kprefix)
-  local cur = redis.call('HMGET', budget, tp, ts, tr, kp, ks, kr)
-  local reserved = {}
-  for i, b in ipairs({{team_budget, ARGV[10], tp, ts, 'team_budget'},
-                      {key_budget, ARGV[12], kp, ks, 'key_budget'}}) do
-    local spent, held, new_period = balance(cur, 3 * i - 2, b[2])
-    reserved[i] = held
-    if b[1] >= 0 then
-      if spent + held + cost > b[1] then return {b[5], 0, 0, 0, 0, 0} end
-      if new_period then
-        table.insert(budget_writes, b[3]); table.insert(budget_writes, new_period)
-        table.insert(budget_writes, b[4]); table.insert(budget_writes, '0')
-      end
+local team_cap, key_cap = tonumber(ARGV[9]), tonumber(ARGV[11])
+local balances
+if team_cap >= 0 or key_cap >= 0 then
+  balances = read_budgets(budget, 'k:' .. key_id .. ':', team_cap, ARGV[10], key_cap,
+                          ARGV[12], 'r:' .. rid)
+  for _, b in ipairs(balances) do
+    if b.cap >= 0 and b.spent + b.held + cost > b.cap then
+      return {b.refusal, 0, 0, 0, 0, 0}
     end
-  end
-  if cost > 0 then
-    for _, v in ipairs({tr, string.format('%d', reserved[1] + cost),
-                        kr, string.format('%d', reserved[2] + cost),
-                        'r:' .. rid, cost .. ' ' .. key_id}) do
-      table.insert(budget_writes, v)
-    end
-    redis.call('ZADD', resv, now + tonumber(ARGV[14]), rid)
   end
 end
 
 if #tat_writes > 0 then redis.call('HSET', limiters, unpack(tat_writes)) end
-if #budget_writes > 0 then redis.call('HSET', budget, unpack(budget_writes)) end
+if balances then reserve(budget, resv, balances, key_id, rid, cost, 0, tonumber(ARGV[14])) end
 
 -- Headers report, per kind, the tighter of the key's and the team's limiter.
-local out = {'ok'}
-for _, pair in ipairs({{1, 3}, {2, 4}}) do
-  local a, b = verdicts[pair[1]], verdicts[pair[2]]
-  local v = a
-  if b and (not a or b[2] < a[2]) then v = b end
-  if v then
-    table.insert(out, v[1]); table.insert(out, v[2]); table.insert(out, v[3])
-  else
-    table.insert(out, 0); table.insert(out, 0); table.insert(out, 0)
-  end
-end
+local out = tighter(verdicts)
+table.insert(out, 1, 'ok')
 return out

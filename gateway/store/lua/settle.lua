@@ -2,11 +2,12 @@
 -- update the day's rollup and append the usage event, atomically.
 -- KEYS: 1 limiters (HASH), 2 budget (HASH), 3 reservations (ZSET), 4 rollup (HASH),
 --       5 events (STREAM)
--- ARGV: 1 key id, 2 request id, 3 token delta, 4 key tpm limit, 5 team tpm limit,
---       6 cost (nanos), 7 team period, 8 key period, 9 model, 10 prompt tokens,
---       11 completion tokens, 12 cached tokens, 13 cache hit, 14 error, 15 estimated,
---       16 event JSON, 17 stream max length, 18 saved tokens, 19 saved cost (nanos): what
---       a response-cache hit did not spend
+-- ARGV: 1 key id, 2 reservation (the request's id, or its lease's), 3 token delta,
+--       4 key tpm limit, 5 team tpm limit, 6 cost (nanos), 7 team period, 8 key period,
+--       9 model, 10 prompt tokens, 11 completion tokens, 12 cached tokens, 13 cache hit,
+--       14 error, 15 estimated, 16 event JSON, 17 stream max length, 18 saved tokens,
+--       19 saved cost (nanos): what a response-cache hit did not spend, 20 the request's
+--       part of the reservation (nanos)
 local key_id, rid = ARGV[1], ARGV[2]
 local kprefix = 'k:' .. key_id .. ':'
 local delta = tonumber(ARGV[3])
@@ -33,16 +34,22 @@ local kp, ks, kr = balance_fields(kprefix)
 local cur = redis.call('HMGET', budget, tp, ts, tr, kp, ks, kr, rfield)
 local team_spent, team_reserved, team_period = balance(cur, 1, ARGV[7])
 local key_spent, key_reserved, key_period = balance(cur, 4, ARGV[8])
-redis.call('ZREM', KEYS[3], rid)
-if cur[7] then  -- the reservation, given back
-  local amount, owner = string.match(cur[7], '^(%d+) (.*)$')
-  team_reserved = team_reserved - tonumber(amount)
+if cur[7] then  -- the request's part of the reservation, given back
+  local held, owner = string.match(cur[7], '^(%d+) (.*)$')
+  held = tonumber(held)
+  local amount = math.min(tonumber(ARGV[20]), held)
+  team_reserved = team_reserved - amount
   if owner == key_id then
-    key_reserved = key_reserved - tonumber(amount)
+    key_reserved = key_reserved - amount
   else
-    redis.call('HINCRBY', budget, 'k:' .. owner .. ':reserved', -tonumber(amount))
+    redis.call('HINCRBY', budget, 'k:' .. owner .. ':reserved', -amount)
   end
-  redis.call('HDEL', budget, rfield)
+  if amount < held then
+    redis.call('HSET', budget, rfield, string.format('%d', held - amount) .. ' ' .. owner)
+  else
+    redis.call('HDEL', budget, rfield)
+    redis.call('ZREM', KEYS[3], rid)
+  end
 end
 local cost = tonumber(ARGV[6])
 local writes = {ts, string.format('%d', team_spent + cost), tr, string.format('%d', team_reserved),

@@ -1,0 +1,172 @@
+"""Leases: a process's share of a key's limits and budgets, taken ahead of need.
+
+Admitting a request in the shared store costs a round trip before the request can go
+upstream (0.1-0.4 ms to a Redis on another core: most of what the gateway adds to a lone
+request). A lease takes a share of what a key and its team have left (requests, tokens,
+nanos of budget) in one store call that counts it as used at once
+(gateway/store/lua/lease.lua); the process then admits the key's requests from it
+locally. In the background it is topped up when it runs low, and renewed every RENEW_S:
+what is left goes back and a fresh share comes, in one call. Nothing is admitted that the
+store did not grant.
+
+Budgets hold exactly: a share is a reservation like a request's. A rate limiter counts a
+share's requests and tokens when it is granted, up to MAX_AGE_S before they are used, and
+its capacity comes back as time passes: so over any interval a key may get its limit's
+worth for that interval plus MAX_AGE_S of it (1/60 of a per-minute limit), and never more
+than the shares held. Hence the renewals, and a lease not renewed for MAX_AGE_S (the store
+is unreachable) admits nothing.
+
+The price is capacity held by one process and not yet used, which another process cannot
+have meanwhile. It is kept small: a share covers about HORIZON_S of the key's demand in
+this process (twice what it asked for since the last grant when requests found it empty:
+bursts), at most 1/SHARE of what each limiter and budget has left, and none is granted
+unless MIN_REQUESTS requests' worth fits in that: close to its limits a key is admitted
+request by request, exactly as without leases. A share goes back when its key has been
+idle for IDLE_S, when its policy changes, at shutdown, and whenever the store refuses a
+request of this process's that it might have let through.
+
+This module is the bookkeeping, without I/O; gateway/leases.py talks to the store.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from policies.budgets import Budget
+from policies.keys import Principal
+from policies.ratelimits import Limits, LimitState
+
+SHARE = 16  # a grant takes at most 1/SHARE of what a limiter or budget has left
+MIN_REQUESTS = 4  # a grant worth fewer requests than this is not taken
+HORIZON_S = 0.25  # a grant covers about this much of the key's demand here
+RENEW_S = 0.5  # a share in use is renewed after this long
+MAX_AGE_S = 1.0  # and not used after this long, whatever happened to the renewal
+IDLE_S = 5.0  # an unused lease goes back after this long
+_AVG = 0.1  # weight of the latest request in the per-request averages
+
+
+@dataclass(slots=True, frozen=True)
+class Policy:
+    """What a lease was granted under; another policy needs another lease."""
+
+    key_limits: Limits
+    team_limits: Limits
+    team_budget: Budget | None
+    key_budget: Budget | None
+
+    @property
+    def limits(self) -> tuple[int, int, int, int]:
+        """In the store's LIMITERS order."""
+        return (self.key_limits.rpm, self.key_limits.tpm,
+                self.team_limits.rpm, self.team_limits.tpm)
+
+    @classmethod
+    def of(cls, p: Principal) -> Policy:
+        return cls(p.key_limits, p.team_limits, p.team_budget, p.key_budget)
+
+
+@dataclass(slots=True)
+class Lease:
+    id: str
+    principal: Principal  # the last seen using it (cached: `is` says the policy is the same)
+    policy: Policy
+    tokens_per: float  # a request's tokens and worst-case nanos, on average
+    nanos_per: float
+    # Free: granted and not yet given to a request (inf: that dimension has no bound).
+    requests: float = 0.0
+    tokens: float = 0.0
+    nanos: float = 0.0
+    target: int = MIN_REQUESTS  # requests a grant aims to hold
+    granted_at: float = -math.inf  # the last grant (renewal or top-up)
+    renewed_at: float = -math.inf  # the last renewal: every unit held is younger
+    used_at: float = 0.0
+    taken: int = 0  # requests admitted from it since the last grant
+    missed: int = 0  # requests that found it empty since the last grant
+    renewing: bool = False
+    # The store's view at the last grant (for the x-ratelimit-* headers).
+    rpm: LimitState | None = None
+    tpm: LimitState | None = None
+
+    def take(self, tokens: int, nanos: int, now: float) -> bool:
+        """Admit one request of `tokens` and `nanos` from what is free."""
+        if (now - self.renewed_at > MAX_AGE_S or self.requests < 1 or self.tokens < tokens
+                or self.nanos < nanos):
+            self.missed += 1
+            return False
+        self.requests -= 1
+        self.tokens -= tokens
+        self.nanos -= nanos
+        self.taken += 1
+        self.used_at = now
+        self.tokens_per += (tokens - self.tokens_per) * _AVG
+        self.nanos_per += (nanos - self.nanos_per) * _AVG
+        return True
+
+    @property
+    def low(self) -> bool:
+        """Below half of what a grant aims at: time to renew."""
+        half = self.target / 2
+        return (self.requests < half or self.tokens < half * self.tokens_per
+                or self.nanos < half * self.nanos_per)
+
+    def wanted(self, now: float, renewal: bool) -> tuple[tuple[int, int, int],
+                                                         tuple[int, int, int]]:
+        """(what to ask for, the least worth taking): requests, tokens, nanos; a top-up
+        asks for what the lease lacks of its target. The target follows the key's demand
+        here since the last grant, and grows to twice that demand when requests found the
+        lease empty (a burst). It does not shrink: an idle lease goes back whole, and a
+        fresh one starts small."""
+        rate = self.taken / max(0.05, now - self.granted_at) if self.taken else 0.0
+        burst = 2 * (self.taken + self.missed) if self.missed else 0
+        self.target = max(self.target, math.ceil(rate * HORIZON_S), burst)
+
+        def worth(requests: float) -> tuple[int, int, int]:
+            return (math.ceil(requests), math.ceil(requests * self.tokens_per),
+                    math.ceil(requests * self.nanos_per))
+
+        least = worth(MIN_REQUESTS)
+        if renewal:
+            return worth(self.target), least
+        requests, tokens, nanos = (max(lo, want - int(min(free, want))) for want, lo, free in zip(
+            worth(self.target), least, (self.requests, self.tokens, self.nanos), strict=True))
+        return (requests, tokens, nanos), least
+
+    def hand_back(self) -> tuple[int, int, int]:
+        """Empty it: the units it held, of each bounded dimension, to give back."""
+        requests, tokens, nanos = (0 if math.isinf(x) else int(x)
+                                   for x in (self.requests, self.tokens, self.nanos))
+        self.requests = self.tokens = self.nanos = 0.0
+        return requests, tokens, nanos
+
+    def granted(self, amounts: tuple[float, float, float], rpm: LimitState | None,
+                tpm: LimitState | None, now: float, renewal: bool) -> None:
+        """Add a grant; a renewal's replaces what was handed back for it."""
+        if renewal:
+            self.requests, self.tokens, self.nanos = amounts
+            self.renewed_at = now
+        else:
+            self.requests += amounts[0]
+            self.tokens += amounts[1]
+            self.nanos += amounts[2]
+        self.rpm, self.tpm = rpm, tpm
+        self.granted_at = now
+        self.taken = self.missed = 0
+
+    def states(self, now: float, tokens: int) -> tuple[LimitState | None, LimitState | None]:
+        """The x-ratelimit-* view after a request of `tokens`: the store's at the last
+        grant, with what this lease still holds counted as remaining (it is: for this
+        key, here)."""
+        elapsed = (now - self.granted_at) * 1000
+        return (_view(self.rpm, self.requests, 1, elapsed),
+                _view(self.tpm, self.tokens, tokens, elapsed))
+
+
+def _view(state: LimitState | None, free: float, used: int, elapsed_ms: float
+          ) -> LimitState | None:
+    if state is None:
+        return None
+    # What a limiter counted at an earlier grant may have come back in its view since:
+    # never more than the limit less this request.
+    return LimitState(state.limit, max(0, min(state.limit - used, state.remaining + int(free))),
+                      max(0.0, state.reset_ms - elapsed_ms))
