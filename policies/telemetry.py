@@ -8,14 +8,16 @@ data never pins a deployment's reputation.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 
 
 class WindowedQuantiles:
     """The samples of the last `window_s` seconds (at most `cap`), quantiles on demand.
 
-    Sorting is deferred to the first quantile read after a change, and routing reads far
-    less often than every sample is written.
+    The values are also kept sorted, by insertion (bisect: a C memmove of at most `cap`
+    floats), so a quantile is one index even when every request adds a sample and reads
+    one (routing does both, at the full request rate).
     """
 
     __slots__ = ("_samples", "_sorted", "cap", "window_s")
@@ -24,29 +26,29 @@ class WindowedQuantiles:
         self.window_s = window_s
         self.cap = cap
         self._samples: deque[tuple[float, float]] = deque()
-        self._sorted: list[float] | None = []
+        self._sorted: list[float] = []
 
     def add(self, value: float, now: float) -> None:
         self._samples.append((now, value))
+        insort(self._sorted, value)
         if len(self._samples) > self.cap:
-            self._samples.popleft()
-        self._sorted = None
+            self._forget(self._samples.popleft()[1])
+
+    def _forget(self, value: float) -> None:
+        values = self._sorted
+        del values[bisect_left(values, value)]
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window_s
         samples = self._samples
-        if samples and samples[0][0] < horizon:
-            while samples and samples[0][0] < horizon:
-                samples.popleft()
-            self._sorted = None
+        while samples and samples[0][0] < horizon:
+            self._forget(samples.popleft()[1])
 
     def drop_after(self, t: float) -> None:
         """Forget the samples added after `t` (found to be suspect since)."""
         samples = self._samples
-        if samples and samples[-1][0] > t:
-            while samples and samples[-1][0] > t:
-                samples.pop()
-            self._sorted = None
+        while samples and samples[-1][0] > t:
+            self._forget(samples.pop()[1])
 
     def count(self, now: float) -> int:
         self._prune(now)
@@ -54,11 +56,9 @@ class WindowedQuantiles:
 
     def quantile(self, q: float, now: float) -> float | None:
         self._prune(now)
-        if not self._samples:
-            return None
-        if self._sorted is None:
-            self._sorted = sorted(v for _, v in self._samples)
         values = self._sorted
+        if not values:
+            return None
         return values[min(len(values) - 1, int(q * len(values)))]
 
     def mean(self, now: float) -> float | None:

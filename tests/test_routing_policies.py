@@ -161,6 +161,24 @@ def test_windowed_quantiles_drop_after() -> None:
     assert w.count(9.0) == 5
 
 
+def test_windowed_quantiles_match_a_sort_of_the_window() -> None:
+    rng = random.Random(7)
+    w = WindowedQuantiles(window_s=10.0, cap=50)
+    kept: list[tuple[float, float]] = []
+    for i in range(2000):
+        now = i * 0.05
+        value = rng.choice([rng.random(), 0.5, 0.25])  # ties on purpose
+        w.add(value, now)
+        kept = [(t, v) for t, v in [*kept, (now, value)] if t >= now - 10.0][-50:]
+        if i % 97 == 0:
+            w.drop_after(now - 0.2)
+            kept = [(t, v) for t, v in kept if t <= now - 0.2]
+        values = sorted(v for _, v in kept)
+        for q in (0.0, 0.5, 0.99):
+            expected = values[min(len(values) - 1, int(q * len(values)))] if values else None
+            assert w.quantile(q, now) == expected
+
+
 def test_service_ttft_by_prompt_size() -> None:
     clock = Clock()
     board = Scoreboard(clock)
