@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import logging
 import time
+from dataclasses import replace
 
 import orjson
 
@@ -67,6 +68,7 @@ class Accounts:
         self._declared: dict[str, Principal] = {}
         self._seeder: asyncio.Task[None] | None = None
         self.invalidations: Invalidations | None = None  # with Redis: tells every process
+        self._generation = 0  # bumped by every forget: a lookup begun before is not cached
 
     async def start(self, teams: list[TeamConfig]) -> None:
         records = [(team_policy(t), _key_record(t.name, k)) for t in teams for k in t.keys]
@@ -103,6 +105,7 @@ class Accounts:
         hit = self._cache.get(digest)
         now = time.monotonic()
         if hit is None or hit[0] <= now:
+            generation = self._generation
             try:
                 principal = await self._lookup(digest)
             except StoreUnavailable as err:
@@ -115,7 +118,8 @@ class Accounts:
                                    type="server_error", code="store_unavailable") from None
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
-            self._cache[digest] = (now + self._ttl, principal)
+            if generation == self._generation:  # else a change it may predate came since
+                self._cache[digest] = (now + self._ttl, principal)
         else:
             principal = hit[1]
         if principal is None:
@@ -141,11 +145,25 @@ class Accounts:
     # -- management (admin API, startup) ---------------------------------------------------
 
     async def seed(self, teams: list[TeamConfig]) -> None:
-        """Apply the config's teams and keys: the config is authoritative for what it declares."""
+        """Apply the config's teams and keys: the config is authoritative for what it
+        declares. Only what differs from the store is written (and announced): a restart
+        with the same config leaves every process's caches and leases alone."""
         for team in teams:
-            await self.put_team(team_policy(team), wait=False)
+            policy = team_policy(team)
+            if await self.get_team(team.name) != policy:
+                await self.put_team(policy, wait=False)
+            await self.store.sadd(layout.TEAMS, team.name)
             for k in team.keys:
-                await self._put_key(_key_record(team.name, k))
+                record = _key_record(team.name, k)
+                if not await self._stored(record):
+                    await self._put_key(record)
+
+    async def _stored(self, record: KeyRecord) -> bool:
+        """Whether this key is in the store as it is (its creation time aside)."""
+        raw = await self.store.hget(layout.keys(record.team), record.id)
+        if raw is None or await self.store.get(layout.key_index(record.hash)) is None:
+            return False
+        return replace(KeyRecord.from_dict(orjson.loads(raw)), created=record.created) == record
 
     async def put_team(self, policy: TeamPolicy, *, wait: bool = True) -> None:
         """Create or change a team; `wait`: until every process has forgotten the old."""
@@ -200,8 +218,13 @@ class Accounts:
         else:
             await self.invalidations.announce(change, wait=wait)
 
+    def forget_all(self) -> None:
+        self._generation += 1
+        self._cache.clear()
+
     def forget(self, change: Change) -> None:
         """Drop this process's cached principals of a changed team or key."""
+        self._generation += 1
         if change.key_hash is not None:
             self._cache.pop(change.key_hash, None)
         for digest, (_, p) in list(self._cache.items()):

@@ -80,7 +80,7 @@ class Admission:
         if principal.anonymous:
             return Ticket(principal, req, 0, 0, 0, [])
         leases = self.leases
-        if leases is not None and (lease := leases.take(principal, 0, 0)):
+        if leases is not None and (lease := leases.take(principal, 0, 0, start=False)):
             return Ticket(principal, req, 0, 0, 0,
                           ratelimits.headers(*lease.states(time.monotonic(), 0)), lease.id)
         p = principal
@@ -94,8 +94,10 @@ class Admission:
                       prompt: int, output: int) -> Ticket:
         result, shared = await self._decide(args)
         leases = self.leases
-        if result.refused and shared and leases is not None and leases.held(principal):
-            # This process's own lease may hold what the request needs: return it, ask again.
+        if (result.refused and shared and result.refused != "revoked" and result.retry_ms >= 0
+                and leases is not None and leases.held(principal)):
+            # This process's own lease may hold what the request needs (unless the key is
+            # gone or the request can never fit): return it, ask again.
             await leases.give_back(principal)
             result, shared = await self._decide(args)
         if result.refused:

@@ -6,9 +6,11 @@ leases (gateway/leases.py) that admit requests without asking the store. The pro
 making a change publishes it on one Redis channel; every process (itself included) drops
 what it holds for that team or key, gives back what its leases held, then acknowledges.
 A revocation waits until every process that received it has acknowledged (at most
-ACK_TIMEOUT_S), so when it returns, no process admits the key any more. A process that is
-not subscribed may miss changes: it holds no leases then (gateway/leases.py), and
-admission in the store checks each request's key itself.
+ACK_TIMEOUT_S; one that has not acknowledged by then cannot renew its lease of a revoked
+key, so stops within MAX_AGE_S anyway), so when it returns, no process admits the key any
+more. A process that is not subscribed may miss changes: it holds no leases then
+(gateway/leases.py), admission in the store checks each request's key itself, and what it
+cached is forgotten when it is subscribed again.
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ class Invalidations:
         self._store = store
         # Called for every change; what one returns is awaited before the acknowledgement.
         self.handlers: list[Callable[[Change], Awaitable[object] | None]] = []
-        self.on_down: list[Callable[[], None]] = []  # called when changes may be missed
-        self._subscription = store.subscription(CHANNEL, self._received, self._down)
+        # Called when changes may be missed from now on, and when they may have been (the
+        # subscription is back after being down).
+        self.on_down: list[Callable[[], None]] = []
+        self.on_missed: list[Callable[[], None]] = []
+        self._subscription = store.subscription(CHANNEL, self._received, self._down,
+                                                self._missed)
         self._acks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
 
@@ -103,4 +109,8 @@ class Invalidations:
 
     def _down(self) -> None:
         for handler in self.on_down:
+            handler()
+
+    def _missed(self) -> None:
+        for handler in self.on_missed:
             handler()

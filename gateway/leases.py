@@ -44,7 +44,7 @@ class Leases:
         self._live = live  # whether invalidations reach this process now
         self._held: dict[Key, Lease] = {}
         self._not_before: dict[Key, float] = {}  # no lease to be had until then
-        self._epoch = 0  # bumped by every drop: a grant answered across one goes back
+        self._closed = False
         self._prefix = "lease:" + os.urandom(6).hex()  # this process's, never reused
         self._ids = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -53,13 +53,17 @@ class Leases:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def take(self, p: Principal, tokens: int, nanos: int) -> Lease | None:
-        """The lease that admitted this request, or None: the store must admit it."""
+    def take(self, p: Principal, tokens: int, nanos: int, *, start: bool = True
+             ) -> Lease | None:
+        """The lease that admitted this request, or None: the store must admit it.
+        `start`: whether this request may start a lease (not a response-cache hit: its
+        zero tokens and cost say nothing of the key's requests)."""
         key = (p.team, p.key_id)
         lease = self._held.get(key)
         now = time.monotonic()
         if lease is None or (lease.principal is not p and not self._still(lease, p)):
-            self._new(key, p, tokens, nanos, now)
+            if start:
+                self._new(key, p, tokens, nanos, now)
             return None
         if not lease.take(tokens, nanos, now):
             self._renew(key, lease, now, renewal=now - lease.renewed_at > MAX_AGE_S)
@@ -81,7 +85,7 @@ class Leases:
     # -- grants ----------------------------------------------------------------------------
 
     def _new(self, key: Key, p: Principal, tokens: int, nanos: int, now: float) -> None:
-        if self._not_before.get(key, 0.0) > now or not self._live():
+        if self._closed or not self._live() or self._refused(key, now):
             return
         self._give_back(key)  # one granted under an older policy
         lease = self._held[key] = Lease(f"{self._prefix}:{next(self._ids)}", p, Policy.of(p),
@@ -91,43 +95,52 @@ class Leases:
         if self._keeper is None or self._keeper.done():
             self._keeper = self._loop.create_task(self._keep())
 
+    def _refused(self, key: Key, now: float) -> bool:
+        """Whether the store refused this key a lease within _RETRY_S."""
+        until = self._not_before.get(key)
+        if until is not None and until <= now:
+            del self._not_before[key]
+            return False
+        return until is not None
+
     def _renew(self, key: Key, lease: Lease, now: float, *, renewal: bool) -> None:
         """Ask for more (a top-up), or (`renewal`) give back what it holds for a fresh
         share: it holds nothing until the answer."""
-        if lease.renewing or self._not_before.get(key, 0.0) > now:
+        if lease.renewing or self._refused(key, now):
+            return
+        wanted, least = lease.wanted(now, renewal)
+        if wanted == _NOTHING:  # a top-up, and nothing is short of the target
             return
         lease.renewing = True
-        wanted, least = lease.wanted(now, renewal)
         p = lease.policy
         args = LeaseArgs(team=key[0], key_id=key[1], lease_id=lease.id, limits=p.limits,
                          returning=lease.hand_back() if renewal else _NOTHING, wanted=wanted,
                          least=least, team_budget=p.team_budget, key_budget=p.key_budget,
                          ttl_ms=self._ttl_ms, share=SHARE)
-        self._spawn(self._grant(key, lease, args, self._epoch, renewal))
+        self._spawn(self._grant(key, lease, args, renewal))
 
-    async def _grant(self, key: Key, lease: Lease, args: LeaseArgs, epoch: int,
-                     renewal: bool) -> None:
-        """Ask the store; `epoch`: this process's when it was decided (a drop since then
-        voids the grant)."""
+    async def _grant(self, key: Key, lease: Lease, args: LeaseArgs, renewal: bool) -> None:
+        grant = None
         try:
             grant = await self._store.lease(args)
         except StoreUnavailable as err:  # what it handed back may not have gone back:
             # the limiters refill by themselves and the reservation lapses
             log.debug("lease for key %s of team %s: %s", key[1], key[0], err)
-            grant = None
+        except Exception:  # a bug of ours: no lease for a while, the store admits
+            log.exception("lease for key %s of team %s failed", key[1], key[0])
         finally:
             lease.renewing = False
+        current = self._held.get(key) is lease
         if grant is None or grant.refused:  # no store, nothing to spare, or revoked
-            self._not_before[key] = time.monotonic() + _RETRY_S
-            if grant is not None and grant.refused == "revoked":
-                self._give_back(key)
-            elif renewal and self._held.get(key) is lease:
-                del self._held[key]  # empty now
+            if current:
+                self._not_before[key] = time.monotonic() + _RETRY_S
+                if renewal or (grant is not None and grant.refused == "revoked"):
+                    self._give_back(key)  # (a renewal's lease is empty now)
             return
         lease.granted(grant.granted, grant.requests, grant.tokens, time.monotonic(), renewal)
-        if epoch != self._epoch or not self._live() or self._held.get(key) is not lease:
-            # Dropped meanwhile (a revocation, a policy change, invalidations lost): this
-            # grant must not be used. Give it back whole.
+        if not current or not self._live():
+            # Dropped meanwhile (a revocation, a policy change, invalidations lost, a
+            # refusal, shutdown): this grant must not be used. Give it back whole.
             self._spawn(self._hand_back(key, lease))
 
     # -- giving back -----------------------------------------------------------------------
@@ -138,29 +151,24 @@ class Leases:
     async def give_back(self, p: Principal) -> None:
         """Return this key's lease now (the store refused one of its requests: the lease
         may hold what that request needs)."""
-        key = (p.team, p.key_id)
-        lease = self._held.pop(key, None)
-        if lease is not None:
-            await self._hand_back(key, lease)
+        task = self._give_back((p.team, p.key_id))
+        if task is not None:  # finished even if the request is cancelled meanwhile
+            await asyncio.shield(task)
 
     def drop(self, team: str, key_id: str | None = None) -> Awaitable[object] | None:
         """Stop using the leases of a key (None: of every key of the team) at once; the
         returned awaitable (None: nothing held) finishes when they are given back."""
-        self._epoch += 1
         keys = [k for k in self._held if k[0] == team and key_id in (None, k[1])]
-        if not keys:
-            return None
-        return asyncio.gather(*(self._hand_back(k, self._held.pop(k)) for k in keys))
+        tasks = [t for t in map(self._give_back, keys) if t is not None]
+        return asyncio.gather(*tasks) if tasks else None
 
     def drop_all(self) -> None:
-        self._epoch += 1
         for key in list(self._held):
             self._give_back(key)
 
-    def _give_back(self, key: Key) -> None:
+    def _give_back(self, key: Key) -> asyncio.Task[None] | None:
         lease = self._held.pop(key, None)
-        if lease is not None:
-            self._spawn(self._hand_back(key, lease))
+        return self._spawn(self._hand_back(key, lease)) if lease is not None else None
 
     async def _hand_back(self, key: Key, lease: Lease) -> None:
         returning = lease.hand_back()
@@ -175,6 +183,8 @@ class Leases:
                 share=SHARE))
         except StoreUnavailable as err:  # the limiters refill and the reservation lapses
             log.debug("returning lease of key %s of team %s: %s", key[1], key[0], err)
+        except Exception:  # a bug of ours: the same, logged
+            log.exception("returning lease of key %s of team %s failed", key[1], key[0])
 
     async def _keep(self) -> None:
         """While any lease is held: renew those due, give back those idle for IDLE_S."""
@@ -186,14 +196,18 @@ class Leases:
                     self._give_back(key)
                 elif now - lease.renewed_at > RENEW_S:
                     self._renew(key, lease, now, renewal=True)
+            for key in [k for k, until in self._not_before.items() if until <= now]:
+                del self._not_before[key]
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = self._loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def close(self) -> None:
         """Give every lease back (at shutdown, before the store closes)."""
+        self._closed = True
         if self._keeper is not None:
             self._keeper.cancel()
         self.drop_all()

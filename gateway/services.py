@@ -96,6 +96,8 @@ class Services:
             return None
         invalidations = Invalidations(self.store)
         invalidations.handlers.append(self.accounts.forget)
+        invalidations.on_down.append(self.accounts.forget_all)
+        invalidations.on_missed.append(self.accounts.forget_all)
         self.accounts.invalidations = invalidations
         await invalidations.start()
         self._stack.push_async_callback(invalidations.close)

@@ -19,7 +19,8 @@ is unreachable) admits nothing.
 The price is capacity held by one process and not yet used, which another process cannot
 have meanwhile. It is kept small: a share covers about HORIZON_S of the key's demand in
 this process (twice what it asked for since the last grant when requests found it empty:
-bursts), at most 1/SHARE of what each limiter and budget has left, and none is granted
+bursts; shrinking by half at most per renewal), at most 1/SHARE of what each limiter and
+budget has left, and none is granted
 unless MIN_REQUESTS requests' worth fits in that: close to its limits a key is admitted
 request by request, exactly as without leases. A share goes back when its key has been
 idle for IDLE_S, when its policy changes, at shutdown, and whenever the store refuses a
@@ -90,6 +91,9 @@ class Lease:
 
     def take(self, tokens: int, nanos: int, now: float) -> bool:
         """Admit one request of `tokens` and `nanos` from what is free."""
+        if tokens or nanos:  # a response-cache hit's (0, 0) says nothing of the key's size
+            self.tokens_per += (tokens - self.tokens_per) * _AVG
+            self.nanos_per += (nanos - self.nanos_per) * _AVG
         if (now - self.renewed_at > MAX_AGE_S or self.requests < 1 or self.tokens < tokens
                 or self.nanos < nanos):
             self.missed += 1
@@ -99,38 +103,36 @@ class Lease:
         self.nanos -= nanos
         self.taken += 1
         self.used_at = now
-        self.tokens_per += (tokens - self.tokens_per) * _AVG
-        self.nanos_per += (nanos - self.nanos_per) * _AVG
         return True
+
+    def _worth(self, requests: float) -> tuple[float, float, float]:
+        return requests, requests * self.tokens_per, requests * self.nanos_per
 
     @property
     def low(self) -> bool:
-        """Below half of what a grant aims at: time to renew."""
-        half = self.target / 2
-        return (self.requests < half or self.tokens < half * self.tokens_per
-                or self.nanos < half * self.nanos_per)
+        """Below half of what a grant aims at, in any dimension: time to top up."""
+        return any(free < want for free, want in zip(
+            (self.requests, self.tokens, self.nanos), self._worth(self.target / 2), strict=True))
 
     def wanted(self, now: float, renewal: bool) -> tuple[tuple[int, int, int],
                                                          tuple[int, int, int]]:
-        """(what to ask for, the least worth taking): requests, tokens, nanos; a top-up
-        asks for what the lease lacks of its target. The target follows the key's demand
-        here since the last grant, and grows to twice that demand when requests found the
-        lease empty (a burst). It does not shrink: an idle lease goes back whole, and a
-        fresh one starts small."""
+        """(what to ask for, the least worth taking): requests, tokens, nanos. A renewal
+        asks for the whole target; a top-up for what the lease lacks of it, only in the
+        dimensions short of it (0 for the others). The target follows the key's demand
+        here since the last grant, and grows to twice that demand when requests found
+        the lease empty (a burst); a renewal lets it shrink by half at most."""
         rate = self.taken / max(0.05, now - self.granted_at) if self.taken else 0.0
         burst = 2 * (self.taken + self.missed) if self.missed else 0
-        self.target = max(self.target, math.ceil(rate * HORIZON_S), burst)
-
-        def worth(requests: float) -> tuple[int, int, int]:
-            return (math.ceil(requests), math.ceil(requests * self.tokens_per),
-                    math.ceil(requests * self.nanos_per))
-
-        least = worth(MIN_REQUESTS)
-        if renewal:
-            return worth(self.target), least
-        requests, tokens, nanos = (max(lo, want - int(min(free, want))) for want, lo, free in zip(
-            worth(self.target), least, (self.requests, self.tokens, self.nanos), strict=True))
-        return (requests, tokens, nanos), least
+        floor = self.target // 2 if renewal else self.target
+        self.target = max(MIN_REQUESTS, floor, math.ceil(rate * HORIZON_S), burst)
+        target = [math.ceil(x) for x in self._worth(self.target)]
+        least = [math.ceil(x) for x in self._worth(MIN_REQUESTS)]
+        if not renewal:
+            for i, free in enumerate((self.requests, self.tokens, self.nanos)):
+                short = target[i] - min(free, target[i])
+                target[i] = max(least[i], math.ceil(short)) if short > 0 else 0
+                least[i] = min(least[i], target[i])
+        return (target[0], target[1], target[2]), (least[0], least[1], least[2])
 
     def hand_back(self) -> tuple[int, int, int]:
         """Empty it: the units it held, of each bounded dimension, to give back."""

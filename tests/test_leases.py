@@ -61,10 +61,10 @@ def test_low_at_half_the_target_and_the_target_follows_demand() -> None:
     assert lease.low
     # 3 requests in 0.1 s is 30/s: a quarter second of that is 8 requests. A renewal asks
     # for all of it, a top-up for what the lease lacks (1 request is left: 7; tokens and
-    # nanos have no bound here: the least).
+    # nanos have no bound here, so are never short).
     least = (MIN_REQUESTS, 40, 400)
     assert lease.wanted(now=100.1, renewal=True) == ((8, 80, 800), least)
-    assert lease.wanted(now=100.1, renewal=False) == ((7, 40, 400), least)
+    assert lease.wanted(now=100.1, renewal=False) == ((7, 0, 0), (MIN_REQUESTS, 0, 0))
     # Requests that found it empty: a burst. The target grows to twice the demand seen.
     lease.granted((1, 0, 0), None, None, now=100.2, renewal=False)  # added to what it had
     assert lease.requests == 2
@@ -80,6 +80,19 @@ def test_headers_count_what_the_lease_still_holds() -> None:
     assert rpm == LimitState(1000, 500 + 7, 29_000.0) and tpm is None
     lease.granted((990, 0, 0), LimitState(1000, 995, 500.0), None, now=101.5, renewal=False)
     assert lease.states(now=101.75, tokens=10)[0] == LimitState(1000, 999, 250.0)  # capped
+
+
+def test_sizes_are_learnt_from_misses_too_and_never_from_cache_hits() -> None:
+    lease = bare_lease(requests=8, tokens=15, nanos=math.inf)  # 10 tokens a request so far
+    assert not lease.take(100, 0, now=100.1)  # too big for what is free: still its size
+    assert lease.tokens_per == pytest.approx(19.0)
+    assert lease.take(0, 0, now=100.2)  # a cache hit: admitted, says nothing of sizes
+    assert lease.tokens_per == pytest.approx(19.0) and lease.requests == 7
+
+
+def test_a_top_up_asks_only_for_the_dimensions_short_of_the_target() -> None:
+    lease = bare_lease(requests=8, tokens=10, nanos=800)  # target: 4 requests, 40, 400
+    assert lease.wanted(now=100.1, renewal=False) == ((0, 40, 0), (0, 40, 0))
 
 
 def test_hand_back_empties_it_and_counts_only_bounded_dimensions() -> None:
@@ -207,6 +220,27 @@ async def test_an_announced_change_drops_the_lease_and_gives_it_back_before_the_
     assert await reserved(redis_server.url, team) == COST
     await s.close()
     await other.close()
+
+
+async def test_a_cache_hit_does_not_start_a_lease(redis_server: RedisServer,
+                                                  team: str) -> None:
+    s = await started(redis_server.url)
+    p = principal(team)
+    assert s.leases.take(p, 0, 0, start=False) is None
+    await quiet(s)
+    assert not s.leases.held(p)
+    await s.close()
+
+
+async def test_a_drop_elsewhere_leaves_a_grant_in_flight_alone(
+        redis_server: RedisServer, team: str) -> None:
+    s = await started(redis_server.url)
+    p = principal(team)
+    assert s.leases.take(p, 10, COST) is None  # its grant is on its way
+    assert s.leases.drop(team + "-other") is None
+    await quiet(s)
+    assert s.leases.take(p, 10, COST) is not None
+    await s.close()
 
 
 async def test_a_policy_change_seen_on_the_principal_starts_a_new_lease(

@@ -210,6 +210,27 @@ async def test_reconnects_after_client_kill(
     assert connections_received(admin) == before + 2
 
 
+async def test_a_script_sent_once_is_not_resent_after_a_lost_connection(
+        client: RespClient, admin: redis.Redis, request: pytest.FixtureRequest) -> None:
+    """A command lost with its connection may have run; one that must not run twice
+    (a lease's renewal) fails instead of being resent. Others are resent once."""
+    k = key(request, "n")
+    await client.evalsha(INCR_ECHO, (k,), ("warm",))  # connected, script loaded
+    admin.client_pause(60_000, all=False)  # WRITE: the scripts below wait in Redis
+    once = asyncio.ensure_future(client.evalsha(INCR_ECHO, (k,), ("once",), once=True))
+    again = asyncio.ensure_future(client.evalsha(INCR_ECHO, (k,), ("again",)))
+    for _ in range(1000):  # until they reached Redis, held there by the pause
+        if any("b" in c["flags"] for c in admin.client_list(_type="normal")):
+            break
+        await asyncio.sleep(0.005)
+    kill_other_clients(admin)  # the connection goes, both commands unanswered
+    admin.client_unpause()
+    with pytest.raises(StoreUnavailable):
+        await once
+    assert await again == [2, b"again"]  # resent on a new connection, ran once
+    assert admin.get(k) == b"2"
+
+
 async def test_timeout_fails_every_pending_and_recovers(
         server: RedisServer, admin: redis.Redis, request: pytest.FixtureRequest) -> None:
     """A stalled Redis (writes paused): the write, and the read queued behind it on the

@@ -5,7 +5,7 @@ connection also receives messages nobody asked for, so it gets its own socket an
 A silent connection cannot be told from a dead one, so a PING goes out every `timeout_s`
 and the connection is dropped when nothing has come back by the next one. Whenever the
 subscription is lost, `on_down` is called (messages may be missed from then on) and it is
-made again with backoff; `live` says whether it is subscribed now.
+made again with backoff, then `on_up` is called; `live` says whether it is subscribed now.
 """
 
 from __future__ import annotations
@@ -60,11 +60,13 @@ class _Listener(asyncio.Protocol):
 
 class Subscription:
     def __init__(self, url: str, channel: str, on_message: Callable[[bytes], None],
-                 on_down: Callable[[], None], *, timeout_s: float = 1.0) -> None:
+                 on_down: Callable[[], None], on_up: Callable[[], None], *,
+                 timeout_s: float = 1.0) -> None:
         self._target = parse_url(url)
         self._channel = channel.encode()
         self._on_message = on_message
         self._on_down = on_down
+        self._on_up = on_up  # subscribed again after being down
         self._timeout = timeout_s
         self.live = False
         self._subscribed = asyncio.Event()
@@ -146,5 +148,8 @@ class Subscription:
             except Exception:  # one bad message must not end the subscription
                 log.exception("redis subscription: handling a message failed")
         elif kind == b"subscribe":
+            again = self._subscribed.is_set()
             self.live = True
             self._subscribed.set()
+            if again:
+                self._on_up()

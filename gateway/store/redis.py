@@ -155,7 +155,8 @@ class RedisStore:
         argv = (args.key_id, args.lease_id, *args.limits, *args.returning, *args.wanted,
                 *args.least, *_budget_args(args.team_budget), *_budget_args(args.key_budget),
                 args.ttl_ms, args.share)
-        out = await self._redis.evalsha(self._lease, keys, argv)
+        # Never resent: a lease that ran twice would give back what it holds twice.
+        out = await self._redis.evalsha(self._lease, keys, argv, once=True)
         verdict = out[0].decode()
         if verdict != "ok":
             return LeaseGrant(verdict)
@@ -178,9 +179,10 @@ class RedisStore:
         return int(await self._redis.execute(b"LLEN", key))
 
     def subscription(self, channel: str, on_message: Callable[[bytes], None],
-                     on_down: Callable[[], None]) -> Subscription:
+                     on_down: Callable[[], None], on_up: Callable[[], None]) -> Subscription:
         """A subscription to `channel` on a connection of its own (not started)."""
-        return Subscription(self._url, channel, on_message, on_down, timeout_s=self._timeout)
+        return Subscription(self._url, channel, on_message, on_down, on_up,
+                            timeout_s=self._timeout)
 
     async def cache_lookup(self, key: str, lock: str, token: bytes,
                            lock_ttl_s: float) -> tuple[bytes | None, bool]:

@@ -18,7 +18,8 @@ client does only what the store needs, and does it cheaply:
 - A lost connection fails everything pending on it; each such command is retried once on
   a fresh connection (a stale connection after a restart, a CLIENT KILL), then the outage
   surfaces at once as StoreUnavailable so the callers' outage policy can act. A retried
-  command may have run before the connection dropped: at least once, as with redis-py.
+  command may have run before the connection dropped: at least once, as with redis-py
+  (a script that must not run twice is sent `once`).
 
 StoreUnavailable messages may reach API clients (a 503's body) and logs: they name what
 went wrong, never the server's address, and never a password.
@@ -60,6 +61,10 @@ class NoScriptError(RespError):
 
 class _ConnectionLost(StoreUnavailable):
     """The connection went away with the command unanswered: worth one retry."""
+
+
+class _NotSent(_ConnectionLost):
+    """The connection was gone before the command went out: it certainly did not run."""
 
 
 # Error replies meaning "Redis cannot serve right now" rather than "this command is wrong":
@@ -265,7 +270,7 @@ class _Connection(asyncio.Protocol):
         loop = self._loop
         future = loop.create_future()
         if self.closed:  # lost between being picked and used: the caller retries
-            future.set_exception(_ConnectionLost("redis unavailable (connection lost)"))
+            future.set_exception(_NotSent("redis unavailable (connection lost)"))
             return future
         deadline = loop.time() + self._timeout
         self._pending.append((future, deadline))
@@ -356,13 +361,15 @@ class RespClient:
         return _checked(await self._send(encode(args)))
 
     async def evalsha(self, script: Script, keys: Sequence[Arg] | Encoded,
-                      args: Sequence[Arg]) -> Any:
-        """Run a script by its SHA, loading it when the server does not have it."""
+                      args: Sequence[Arg], *, once: bool = False) -> Any:
+        """Run a script by its SHA, loading it when the server does not have it. `once`:
+        never resent after a lost connection (it may have run): for a script that must
+        not run twice, whose caller handles StoreUnavailable as "maybe it ran"."""
         command = script.command(keys, args)
-        reply = await self._send(command)
-        if _is_noscript(reply):
+        reply = await self._send(command, retry=not once)
+        if _is_noscript(reply):  # it did not run
             await self._load(script)
-            reply = await self._send(command)
+            reply = await self._send(command, retry=not once)
         return _checked(reply)
 
     async def execute_many(self, commands: Sequence[bytes],
@@ -391,13 +398,15 @@ class RespClient:
         if sha != script.sha:  # our SHA1 would never match: every call would reload
             raise RespError(f"SCRIPT LOAD returned {sha!r}, expected {script.sha!r}")
 
-    async def _send(self, command: bytes) -> Any:
+    async def _send(self, command: bytes, *, retry: bool = True) -> Any:
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connect()
         try:
             return await conn.send(command)
-        except _ConnectionLost:
+        except _ConnectionLost as lost:
+            if not retry and not isinstance(lost, _NotSent):
+                raise
             # Most likely a stale connection (Redis restarted, or dropped us): one retry on
             # a fresh one, which fails at once when Redis is really gone.
             conn = await self._connect()
