@@ -18,7 +18,7 @@ from typing import Any
 import hiredis
 
 from gateway.store.base import StoreUnavailable
-from gateway.store.resp import encode, parse_url
+from gateway.store.resp import connect, encode, parse_url
 
 log = logging.getLogger("turnout.store")
 
@@ -111,12 +111,7 @@ class Subscription:
         target, loop = self._target, asyncio.get_running_loop()
         listener = self._listener = _Listener(self._reply)
         async with asyncio.timeout(self._timeout):
-            if target.path is not None:
-                await loop.create_unix_connection(lambda: listener, target.path)
-            else:
-                await loop.create_connection(
-                    lambda: listener, target.host, target.port, ssl=target.tls,
-                    server_hostname=target.host if target.tls else None)
+            await connect(target, listener)
         assert listener.transport is not None
         handshake = target.handshake()
         self._handshake = len(handshake)

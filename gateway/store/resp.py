@@ -451,12 +451,7 @@ class RespClient:
         conn = _Connection(loop, self._timeout)
         try:
             async with asyncio.timeout(self._timeout):
-                if target.path is not None:
-                    await loop.create_unix_connection(lambda: conn, target.path)
-                else:
-                    await loop.create_connection(
-                        lambda: conn, target.host, target.port, ssl=target.tls,
-                        server_hostname=target.host if target.tls else None)
+                await connect(target, conn)
                 replies = await _gather(conn.send_many(self._handshake))
         except (OSError, TimeoutError) as err:  # ssl.SSLError is an OSError
             conn.close(StoreUnavailable("redis unavailable (closed)"))
@@ -470,6 +465,17 @@ class RespClient:
                 raise StoreUnavailable(f"redis unavailable ({target.scrub(str(reply))})")
         self._conn = conn
         return conn
+
+
+async def connect(target: Target, protocol: asyncio.Protocol) -> None:
+    """Open a connection to `target` (TCP, TLS or a unix socket) for `protocol`."""
+    loop = asyncio.get_running_loop()
+    if target.path is not None:
+        await loop.create_unix_connection(lambda: protocol, target.path)
+    else:
+        await loop.create_connection(lambda: protocol, target.host, target.port,
+                                     ssl=target.tls,
+                                     server_hostname=target.host if target.tls else None)
 
 
 def _checked(reply: Any) -> Any:
