@@ -145,19 +145,27 @@ def _num(v: float | None, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
-NOISY_PCT = 20.0  # other load (% of a core) above which a figure is marked as disturbed
+NOISY_PCT = 20.0  # other load or steal (% of a core) above which a figure is marked disturbed
+
+
+def _disturbed(cpu: dict[str, Any]) -> bool:
+    """Other work on our cores, or the hypervisor not running them (steal), over the mark."""
+    return float(cpu.get("other") or 0) + float(cpu.get("steal") or 0) >= NOISY_PCT
 
 
 def _pct(cpu: dict[str, Any] | None, key: str) -> str:
     if not cpu or cpu.get(key) is None:
         return "—"
-    mark = "*" if key == "other" and cpu[key] >= NOISY_PCT else ""
-    return f"{cpu[key]:.0f}%{mark}"
+    if key != "other":
+        return f"{cpu[key]:.0f}%"
+    steal = float(cpu.get("steal") or 0)
+    return (f"{cpu[key]:.0f}%" + (f"+{steal:.0f}st" if steal >= 1 else "")
+            + ("*" if _disturbed(cpu) else ""))
 
 
 def noisy_runs(results: Results) -> int:
     return sum(1 for sc in results["scenarios"] for r in sc["results"].values()
-               if _ok(r) and r.get("cpu", {}).get("other", 0) >= NOISY_PCT)
+               if _ok(r) and _disturbed(r.get("cpu", {})))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -258,12 +266,13 @@ def render(results: Results) -> str:
             out.append(_table(_STREAM_HEAD, _stream_rows(sc)))
     out.append("")
     out.append("cpu: % of one core over the run (SUT = system under test, gen = load "
-               "generator, other = everything else on the machine, not ours); µs/req: the "
-               "SUT's CPU time per request")
+               "generator, other = everything else on the machine, not ours; +N st: steal, "
+               "time the hypervisor did not run our virtual cores); µs/req: the SUT's CPU "
+               "time per request")
     noisy = noisy_runs(results)
     if noisy:
-        out.append(f"* {noisy} measurement(s) ran while other work used ≥{NOISY_PCT:g}% of a "
-                   "core on this machine: treat those figures as disturbed.")
+        out.append(f"* {noisy} measurement(s) ran while other work or steal took ≥{NOISY_PCT:g}%"
+                   " of a core: treat those figures as disturbed.")
     if results.get("targets"):
         out.append("")
         out.append("Targets")
