@@ -2,9 +2,9 @@
 
 `take` is on the hot path: a dict lookup and a few comparisons, no I/O. Everything else
 runs in the background: a key's first request, admitted by the store as usual, starts
-its lease; a lease running low is topped up; every RENEW_S it is renewed (what is left goes
-back, a fresh share comes, in one call); idle ones go back. A request that finds its
-lease empty (being renewed, or too small for a burst) is admitted by the store.
+its lease; a lease running low is topped up; every RENEW_S it is renewed (a fresh share
+comes, then what is left of the old one goes back: it serves until then); idle ones go
+back. A request that finds its lease empty (a burst outran it) is admitted by the store.
 
 A lease admits without asking the store whether its key still exists, so leases are
 held only while this process hears invalidations (gateway/invalidation.py): a revoked
@@ -69,6 +69,7 @@ class Leases:
             self._renew(key, lease, now, renewal=now - lease.renewed_at > MAX_AGE_S)
             return None
         if lease.low:
+            lease.dipped = True
             self._renew(key, lease, now, renewal=False)
         self.admitted += 1
         return lease
@@ -104,20 +105,24 @@ class Leases:
         return until is not None
 
     def _renew(self, key: Key, lease: Lease, now: float, *, renewal: bool) -> None:
-        """Ask for more (a top-up), or (`renewal`) give back what it holds for a fresh
-        share: it holds nothing until the answer."""
+        """Ask for more (a top-up), or (`renewal`) for a fresh share to replace what it
+        holds, which it serves from until the answer."""
         if lease.renewing or self._refused(key, now):
             return
         wanted, least = lease.wanted(now, renewal)
         if wanted == _NOTHING:  # a top-up, and nothing is short of the target
             return
         lease.renewing = True
-        p = lease.policy
-        args = LeaseArgs(team=key[0], key_id=key[1], lease_id=lease.id, limits=p.limits,
-                         returning=lease.hand_back() if renewal else _NOTHING, wanted=wanted,
-                         least=least, team_budget=p.team_budget, key_budget=p.key_budget,
-                         ttl_ms=self._ttl_ms, share=SHARE)
+        args = self._args(key, lease, _NOTHING, wanted, least)
         self._spawn(self._grant(key, lease, args, renewal))
+
+    def _args(self, key: Key, lease: Lease, returning: tuple[int, int, int],
+              wanted: tuple[int, int, int], least: tuple[int, int, int]) -> LeaseArgs:
+        p = lease.policy
+        return LeaseArgs(team=key[0], key_id=key[1], lease_id=lease.id, limits=p.limits,
+                         returning=returning, wanted=wanted, least=least,
+                         team_budget=p.team_budget, key_budget=p.key_budget,
+                         ttl_ms=self._ttl_ms, share=SHARE)
 
     async def _grant(self, key: Key, lease: Lease, args: LeaseArgs, renewal: bool) -> None:
         grant = None
@@ -135,9 +140,11 @@ class Leases:
             if current:
                 self._not_before[key] = time.monotonic() + _RETRY_S
                 if renewal or (grant is not None and grant.refused == "revoked"):
-                    self._give_back(key)  # (a renewal's lease is empty now)
+                    self._give_back(key)  # no fresh share: the old one goes, unused
             return
-        lease.granted(grant.granted, grant.requests, grant.tokens, time.monotonic(), renewal)
+        old = lease.granted(grant.granted, grant.requests, grant.tokens, time.monotonic(),
+                            renewal)
+        self._spawn(self._give_units(key, lease, old))  # a renewal's: the old share's rest
         if not current or not self._live():
             # Dropped meanwhile (a revocation, a policy change, invalidations lost, a
             # refusal, shutdown): this grant must not be used. Give it back whole.
@@ -171,16 +178,14 @@ class Leases:
         return self._spawn(self._hand_back(key, lease)) if lease is not None else None
 
     async def _hand_back(self, key: Key, lease: Lease) -> None:
-        returning = lease.hand_back()
-        if returning == _NOTHING:
+        await self._give_units(key, lease, lease.hand_back())
+
+    async def _give_units(self, key: Key, lease: Lease, units: tuple[int, int, int]) -> None:
+        """Give back `units` (requests, tokens, nanos) this lease took and did not use."""
+        if units == _NOTHING:
             return
-        p = lease.policy
         try:
-            await self._store.lease(LeaseArgs(
-                team=key[0], key_id=key[1], lease_id=lease.id, limits=p.limits,
-                returning=returning, wanted=_NOTHING, least=_NOTHING,
-                team_budget=p.team_budget, key_budget=p.key_budget, ttl_ms=self._ttl_ms,
-                share=SHARE))
+            await self._store.lease(self._args(key, lease, units, _NOTHING, _NOTHING))
         except StoreUnavailable as err:  # the limiters refill and the reservation lapses
             log.debug("returning lease of key %s of team %s: %s", key[1], key[0], err)
         except Exception:  # a bug of ours: the same, logged

@@ -6,8 +6,8 @@ request). A lease takes a share of what a key and its team have left (requests, 
 nanos of budget) in one store call that counts it as used at once
 (gateway/store/lua/lease.lua); the process then admits the key's requests from it
 locally. In the background it is topped up when it runs low, and renewed every RENEW_S:
-what is left goes back and a fresh share comes, in one call. Nothing is admitted that the
-store did not grant.
+a fresh share comes, then what is left of the old one goes back (it serves meanwhile).
+Nothing is admitted that the store did not grant.
 
 Budgets hold exactly: a share is a reservation like a request's. A rate limiter counts a
 share's requests and tokens when it is granted, up to MAX_AGE_S before they are used, and
@@ -18,11 +18,11 @@ is unreachable) admits nothing.
 
 The price is capacity held by one process and not yet used, which another process cannot
 have meanwhile. It is kept small: a share covers about HORIZON_S of the key's demand in
-this process (twice what it asked for since the last grant when requests found it empty:
-bursts; shrinking by half at most per renewal), at most 1/SHARE of what each limiter and
-budget has left, and none is granted
-unless MIN_REQUESTS requests' worth fits in that: close to its limits a key is admitted
-request by request, exactly as without leases. A share goes back when its key has been
+this process (doubled, or twice the demand since the last ask, when requests found it
+empty: bursts; halving over IDLE_S while it never runs below half), at most
+1/SHARE of what each limiter and budget has left, and none is granted unless
+MIN_REQUESTS requests' worth fits in that: close to its limits a key is admitted request
+by request, exactly as without leases. A share goes back when its key has been
 idle for IDLE_S, when its policy changes, at shutdown, and whenever the store refuses a
 request of this process's that it might have let through.
 
@@ -45,6 +45,9 @@ RENEW_S = 0.5  # a share in use is renewed after this long
 MAX_AGE_S = 1.0  # and not used after this long, whatever happened to the renewal
 IDLE_S = 5.0  # an unused lease goes back after this long
 _AVG = 0.1  # weight of the latest request in the per-request averages
+# A renewal shrinks an unneeded target by this: by half over IDLE_S, the time after which an
+# unused lease goes back whole (bursts a few seconds apart keep their share).
+_DECAY = 0.5 ** (RENEW_S / IDLE_S)
 
 
 @dataclass(slots=True, frozen=True)
@@ -80,11 +83,14 @@ class Lease:
     nanos: float = 0.0
     target: int = MIN_REQUESTS  # requests a grant aims to hold
     granted_at: float = -math.inf  # the last grant (renewal or top-up)
+    asked_at: float = -math.inf  # the last ask: the demand below is counted since
     renewed_at: float = -math.inf  # the last renewal: every unit held is younger
     used_at: float = 0.0
-    taken: int = 0  # requests admitted from it since the last grant
-    missed: int = 0  # requests that found it empty since the last grant
+    taken: int = 0  # requests admitted from it since the last ask
+    missed: int = 0  # requests that found it empty since the last ask (some while it was
+    # being answered: they count towards the next ask)
     renewing: bool = False
+    dipped: bool = False  # ran low (or empty) since the last renewal: the target was needed
     # The store's view at the last grant (for the x-ratelimit-* headers).
     rpm: LimitState | None = None
     tpm: LimitState | None = None
@@ -97,6 +103,7 @@ class Lease:
         if (now - self.renewed_at > MAX_AGE_S or self.requests < 1 or self.tokens < tokens
                 or self.nanos < nanos):
             self.missed += 1
+            self.dipped = True
             return False
         self.requests -= 1
         self.tokens -= tokens
@@ -118,12 +125,14 @@ class Lease:
                                                          tuple[int, int, int]]:
         """(what to ask for, the least worth taking): requests, tokens, nanos. A renewal
         asks for the whole target; a top-up for what the lease lacks of it, only in the
-        dimensions short of it (0 for the others). The target follows the key's demand
-        here since the last grant, and grows to twice that demand when requests found
-        the lease empty (a burst); a renewal lets it shrink by half at most."""
-        rate = self.taken / max(0.05, now - self.granted_at) if self.taken else 0.0
-        burst = 2 * (self.taken + self.missed) if self.missed else 0
-        floor = self.target // 2 if renewal else self.target
+        dimensions short of it (0 for the others: nothing to ask). The target follows
+        the key's demand here since the last ask; when requests found the lease empty (a
+        burst) it doubles, or grows to twice that demand; renewals shrink it, by half over
+        IDLE_S, while the lease never runs low. Asking starts the demand count again."""
+        rate = self.taken / max(0.05, now - self.asked_at) if self.taken else 0.0
+        # Requests found it empty: too small for the bursts it sees. Double it at least.
+        burst = 2 * max(self.target, self.taken + self.missed) if self.missed else 0
+        floor = int(self.target * _DECAY) if renewal and not self.dipped else self.target
         self.target = max(MIN_REQUESTS, floor, math.ceil(rate * HORIZON_S), burst)
         target = [math.ceil(x) for x in self._worth(self.target)]
         least = [math.ceil(x) for x in self._worth(MIN_REQUESTS)]
@@ -132,6 +141,11 @@ class Lease:
                 short = target[i] - min(free, target[i])
                 target[i] = max(least[i], math.ceil(short)) if short > 0 else 0
                 least[i] = min(least[i], target[i])
+        if any(target):
+            self.taken = self.missed = 0
+            self.asked_at = now
+            if renewal:
+                self.dipped = False
         return (target[0], target[1], target[2]), (least[0], least[1], least[2])
 
     def hand_back(self) -> tuple[int, int, int]:
@@ -142,18 +156,18 @@ class Lease:
         return requests, tokens, nanos
 
     def granted(self, amounts: tuple[float, float, float], rpm: LimitState | None,
-                tpm: LimitState | None, now: float, renewal: bool) -> None:
-        """Add a grant; a renewal's replaces what was handed back for it."""
+                tpm: LimitState | None, now: float, renewal: bool) -> tuple[int, int, int]:
+        """Add a top-up's grant; or replace what it held by a renewal's, returning the old
+        share's units left (to give back: (0, 0, 0) after a top-up)."""
+        old = self.hand_back() if renewal else (0, 0, 0)
         if renewal:
-            self.requests, self.tokens, self.nanos = amounts
             self.renewed_at = now
-        else:
-            self.requests += amounts[0]
-            self.tokens += amounts[1]
-            self.nanos += amounts[2]
+        self.requests += amounts[0]
+        self.tokens += amounts[1]
+        self.nanos += amounts[2]
         self.rpm, self.tpm = rpm, tpm
         self.granted_at = now
-        self.taken = self.missed = 0
+        return old
 
     def states(self, now: float, tokens: int) -> tuple[LimitState | None, LimitState | None]:
         """The x-ratelimit-* view after a request of `tokens`: the store's at the last

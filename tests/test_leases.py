@@ -30,6 +30,7 @@ from tests.support.procs import RedisServer
 def bare_lease(**free: float) -> Lease:
     p = Principal(team="t", key_id="k")
     lease = Lease("lease:x:0", p, Policy.of(p), tokens_per=10.0, nanos_per=100.0)
+    lease.wanted(now=100.0, renewal=True)  # asked, then granted
     lease.granted((free.get("requests", 8), free.get("tokens", 80), free.get("nanos", 800)),
                   LimitState(1000, 500, 30_000.0), None, now=100.0, renewal=True)
     return lease
@@ -65,12 +66,34 @@ def test_low_at_half_the_target_and_the_target_follows_demand() -> None:
     least = (MIN_REQUESTS, 40, 400)
     assert lease.wanted(now=100.1, renewal=True) == ((8, 80, 800), least)
     assert lease.wanted(now=100.1, renewal=False) == ((7, 0, 0), (MIN_REQUESTS, 0, 0))
-    # Requests that found it empty: a burst. The target grows to twice the demand seen.
+    # Requests that found it empty: a burst. The target doubles (or grows to twice the
+    # demand seen, were that more: 7 here).
     lease.granted((1, 0, 0), None, None, now=100.2, renewal=False)  # added to what it had
     assert lease.requests == 2
     for _ in range(7):
         lease.take(10, 100, now=100.3)
-    assert lease.wanted(now=100.3, renewal=True)[0][0] == 2 * 7
+    assert lease.wanted(now=100.3, renewal=True)[0][0] == 2 * 8
+
+
+def test_a_target_shrinks_at_renewals_only_while_the_lease_never_runs_low() -> None:
+    lease = bare_lease(requests=100, tokens=math.inf, nanos=math.inf)
+    lease.target = 100
+    lease.wanted(now=100.5, renewal=True)  # half of it was never touched
+    assert 90 <= lease.target < 100
+    lease.dipped = True  # it ran below half since: the target was needed
+    kept = lease.target
+    lease.wanted(now=101.0, renewal=True)
+    assert lease.target == kept and not lease.dipped
+
+
+def test_requests_missed_while_an_ask_is_answered_count_towards_the_next() -> None:
+    lease = bare_lease(requests=0, tokens=math.inf, nanos=math.inf)
+    lease.wanted(now=100.1, renewal=False)  # the ask goes out
+    for _ in range(6):  # a burst finds it empty meanwhile
+        assert not lease.take(10, 100, now=100.1)
+    lease.granted((4, 0, 0), None, None, now=100.2, renewal=False)  # the answer
+    # twice the burst (more than twice the target of 4), less what it holds
+    assert lease.wanted(now=100.2, renewal=False)[0][0] == 2 * 6 - 4
 
 
 def test_headers_count_what_the_lease_still_holds() -> None:

@@ -25,7 +25,7 @@ from policies.budgets import Budget
 from policies.ratelimits import LimitState
 
 _LUA = Path(__file__).with_name("lua")
-_KEYS_CACHED = 10_000  # (script, team) whose script keys are kept encoded
+_KEYS_CACHED = 10_000  # (team, settlement or not) whose script keys are kept encoded
 
 
 def _script(name: str, common: bool = True) -> str:
@@ -62,7 +62,7 @@ class RedisStore:
         self._cache_lookup = Script(_script("cache_lookup", False))
         self._cache_fill = Script(_script("cache_fill", False))
         self._cache_lock = Script(_script("cache_lock", False))
-        self._keys_cache: dict[tuple[str, str], Encoded] = {}
+        self._keys_cache: dict[tuple[str, bool], Encoded] = {}
 
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._redis.execute(b"GET", key)
@@ -103,21 +103,22 @@ class RedisStore:
                                          b"COUNT", count)
         return [(rid.decode(), _field(fields, b"e")) for rid, fields in rows]
 
-    def _keys(self, script: str, team: str) -> Encoded:
-        """The admission or settlement script's keys, encoded: the same for every request
-        of a team, and a good part of the encoding work, so kept (a bounded cache)."""
-        keys = self._keys_cache.get((script, team))
+    def _keys(self, team: str, *, settle: bool = False) -> Encoded:
+        """The keys of the admission and lease scripts (or, `settle`, of the settlement
+        script), encoded: the same for every request of a team, and a good part of the
+        encoding work, so kept (a bounded cache)."""
+        keys = self._keys_cache.get((team, settle))
         if keys is None:
             if len(self._keys_cache) >= _KEYS_CACHED:
                 self._keys_cache.clear()  # rarely: cheaper than tracking recency
             ledger = (layout.limiters(team), layout.budget(team), layout.reservations(team))
-            names = ((*ledger, layout.rollup(team), layout.events(team)) if script == "settle"
+            names = ((*ledger, layout.rollup(team), layout.events(team)) if settle
                      else (layout.keys(team), *ledger))
-            keys = self._keys_cache[script, team] = encode_args(names)
+            keys = self._keys_cache[team, settle] = encode_args(names)
         return keys
 
     async def admit(self, args: AdmitArgs) -> AdmitResult:
-        keys = self._keys("admit", args.team)
+        keys = self._keys(args.team)
         argv = (args.key_id, args.request_id, int(args.check_key), *args.limits(),
                 args.tokens, *_budget_args(args.team_budget),
                 *_budget_args(args.key_budget), args.cost_nanos, args.ttl_ms)
@@ -133,7 +134,7 @@ class RedisStore:
         return AdmitResult(verdict, retry, *((state, None) if rpm else (None, state)))
 
     def _settle_call(self, args: SettleArgs) -> tuple[Encoded, tuple[Any, ...]]:
-        keys = self._keys("settle", args.team)
+        keys = self._keys(args.team, settle=True)
         argv = (args.key_id, args.reservation, args.token_delta, args.key_tpm, args.team_tpm,
                 args.cost_nanos, args.team_period, args.key_period, args.model,
                 args.prompt_tokens, args.completion_tokens, args.cached_tokens,
@@ -151,7 +152,7 @@ class RedisStore:
             await self._redis.execute_many(commands, self._settle)
 
     async def lease(self, args: LeaseArgs) -> LeaseGrant:
-        keys = self._keys("lease", args.team)
+        keys = self._keys(args.team)
         argv = (args.key_id, args.lease_id, *args.limits, *args.returning, *args.wanted,
                 *args.least, *_budget_args(args.team_budget), *_budget_args(args.key_budget),
                 args.ttl_ms, args.share)
