@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,20 +30,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    """Poll a readiness URL until it answers 200, failing fast if the process died."""
+def wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen[bytes], log: Path,
+               timeout: float = 30) -> None:
+    """Poll `ready` until it holds, failing fast if the process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"process exited ({proc.returncode}):\n{tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+        if ready():
+            return
         time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready after {timeout}s:\n{tail(log)}")
+    raise RuntimeError(f"{what} not ready after {timeout}s:\n{tail(log)}")
+
+
+def answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    """Poll a readiness URL until it answers 200, failing fast if the process died."""
+    wait_until(lambda: answers_200(url), url, proc, log, timeout)
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -79,6 +90,9 @@ class Gateway:
                                          env={**os.environ, **(env or {})},
                                          start_new_session=True)
         wait_http(self.url + "/healthz", self.proc, self.log)
+        # /healthz answers once one worker listens; tests that count on all of them wait.
+        wait_until(lambda: self.logs().count("Application startup complete") >= workers,
+                   f"{workers} workers", self.proc, self.log)
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
