@@ -42,6 +42,7 @@ from adapters.common import (
 from adapters.openai import error_message, retry_after_seconds
 from gateway.canonical import (
     CanonicalRequest,
+    Capabilities,
     FailureKind,
     Operation,
     StreamChunk,
@@ -405,6 +406,13 @@ _HANDLERS: dict[str, Callable[[AnthropicStream, dict[str, Any]], list[StreamChun
 
 class AnthropicAdapter:
     operations: frozenset[Operation] = frozenset({"chat"})
+    # A trailing assistant message is a prefill that Claude continues; the API refuses one
+    # that ends in whitespace.
+    _capabilities = Capabilities(continues_prefill=True, prefill_trims_whitespace=True,
+                                 genai_provider="anthropic")
+
+    def capabilities(self, target: Target) -> Capabilities:
+        return self._capabilities
 
     def build_request(self, req: CanonicalRequest, target: Target) -> UpstreamRequest:
         if req.operation not in self.operations:

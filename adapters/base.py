@@ -7,6 +7,7 @@ from typing import Protocol
 
 from gateway.canonical import (
     CanonicalRequest,
+    Capabilities,
     StreamChunk,
     Target,
     UpstreamFailure,
@@ -24,6 +25,10 @@ class StreamTranslator(Protocol):
 
 
 class Adapter(Protocol):
+    def capabilities(self, target: Target) -> Capabilities:
+        """What upstreams of this dialect can do (asked once per deployment)."""
+        ...
+
     def build_request(self, req: CanonicalRequest, target: Target) -> UpstreamRequest: ...
 
     def parse_response(self, req: CanonicalRequest, body: bytes) -> UpstreamResponse:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.canonical import FailureKind, StreamChunk, UpstreamFailure, Usage
+from gateway.canonical import FailureKind, StreamChunk, UpstreamFailure, Usage, usage_json
 
 FINAL_STATUS = 400  # the status a request this upstream cannot take is reported with
 
@@ -166,18 +166,6 @@ def json_schema_format(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 # -- writing the OpenAI response ---------------------------------------------------------------
-
-
-def usage_json(usage: Usage, reasoning_tokens: int = 0) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
-    if reasoning_tokens:
-        out["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
-    return out
 
 
 def tool_call(

@@ -44,6 +44,7 @@ from adapters.common import (
 from adapters.openai import retry_after_seconds
 from gateway.canonical import (
     CanonicalRequest,
+    Capabilities,
     FailureKind,
     Operation,
     StreamChunk,
@@ -431,6 +432,10 @@ class GeminiStream:
 
 class GeminiAdapter:
     operations: frozenset[Operation] = frozenset({"chat", "embeddings"})
+    _capabilities = Capabilities(genai_provider="gcp.gemini")
+
+    def capabilities(self, target: Target) -> Capabilities:
+        return self._capabilities
 
     def build_request(self, req: CanonicalRequest, target: Target) -> UpstreamRequest:
         headers = {"content-type": "application/json", **target.headers}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -18,6 +17,7 @@ import orjson
 from adapters.common import load_object
 from gateway.canonical import (
     CanonicalRequest,
+    Capabilities,
     FailureKind,
     Operation,
     StreamChunk,
@@ -25,7 +25,7 @@ from gateway.canonical import (
     UpstreamFailure,
     UpstreamRequest,
     UpstreamResponse,
-    Usage,
+    usage_from_json,
 )
 
 _PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
@@ -43,17 +43,6 @@ def upstream_url(target: Target, op: Operation) -> str:
     deployment = quote(target.upstream_model, safe="")
     return (f"{target.base_url}/openai/deployments/{deployment}{_PATHS[op]}"
             f"?api-version={quote(version, safe='')}")
-
-
-def usage_from(obj: Any) -> Usage | None:
-    if not isinstance(obj, dict):
-        return None
-    details = obj.get("prompt_tokens_details") or {}
-    return Usage(
-        prompt_tokens=int(obj.get("prompt_tokens") or 0),
-        completion_tokens=int(obj.get("completion_tokens") or 0),
-        cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
-    )
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -107,7 +96,7 @@ class OpenAIStream:
         if b'"usage"' not in data or b'"usage":null' in data or b'"usage": null' in data:
             return [StreamChunk(data)]
         obj = orjson.loads(data)
-        usage = usage_from(obj.get("usage"))
+        usage = usage_from_json(obj.get("usage"))
         usage_only = not obj.get("choices")
         if usage_only and not self._keep_usage:
             # We asked for it for metering; the client did not, so it never sees it.
@@ -115,7 +104,16 @@ class OpenAIStream:
         return [StreamChunk(data, usage=usage, usage_only=usage_only)]
 
 
+_OPENAI = Capabilities()
+_AZURE = Capabilities(genai_provider="azure.ai.openai")
+
+
 class OpenAIAdapter:
+    def capabilities(self, target: Target) -> Capabilities:
+        # vLLM continues a prefill too (continue_final_message), but that is a pool's
+        # setting (`pools[].continuation`); an OpenAI-compatible host may not.
+        return _AZURE if target.options.get("auth") == "api-key" else _OPENAI
+
     def build_request(self, req: CanonicalRequest, target: Target) -> UpstreamRequest:
         body = dict(req.body)
         body["model"] = target.upstream_model
@@ -135,7 +133,7 @@ class OpenAIAdapter:
                                orjson.dumps(body))
 
     def parse_response(self, req: CanonicalRequest, body: bytes) -> UpstreamResponse:
-        return UpstreamResponse(body, usage_from(load_object(body).get("usage")))
+        return UpstreamResponse(body, usage_from_json(load_object(body).get("usage")))
 
     def stream_translator(self, req: CanonicalRequest) -> OpenAIStream:
         return OpenAIStream(keep_usage_chunk=req.include_usage)

@@ -1,4 +1,4 @@
-"""`turnout replay TRACE.jsonl`: the routing simulation's policy comparison on a recorded
+"""`python -m bench.replay TRACE.jsonl`: the routing simulation's policy comparison on a recorded
 trace instead of a generated one.
 
 The trace (see `bench/routing_sim_trace.py`) gives each request's arrival time, prompt and
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _usage_error(message: str) -> int:
-    print(f"turnout replay: {message}", file=sys.stderr)
+    print(f"bench.replay: {message}", file=sys.stderr)
     return 2
 
 

@@ -14,16 +14,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.canonical import Operation
 from gateway.config import Config, load_config
 from gateway.errors import GatewayError
+from gateway.http import asgi
 from gateway.http.admin import AdminAPI
-from gateway.http.anthropic import ANTHROPIC
-from gateway.http.openai import OPENAI, ModelsEndpoint
-from gateway.http.openai_schema import error_body
-from gateway.http.ops import FailoverDebug, Readyz, healthz
-from gateway.http.surface import LLMEndpoint
+from gateway.http.anthropic_format import ANTHROPIC
+from gateway.http.client_format import ClientFormat
+from gateway.http.models import ModelsEndpoint
+from gateway.http.openai_format import OPENAI, error_body
+from gateway.http.ops import FailoverDebug, MetricsEndpoint, Readyz, healthz
 from gateway.services import Services
-from gateway.telemetry.metrics import MetricsEndpoint
 
 CONFIG_ENV = "TURNOUT_CONFIG"
 
@@ -37,6 +38,19 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                        code="not_found" if status == 404 else None)
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
     return Response(error_body(err), status, headers, media_type="application/json")
+
+
+class LLMEndpoint:
+    """One POST endpoint of a client format: the request runs the pipeline."""
+
+    def __init__(self, op: Operation, services: Services, fmt: ClientFormat) -> None:
+        self.op = op
+        self.services = services
+        self.fmt = fmt
+
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send
+                       ) -> None:
+        await self.services.pipeline.serve(scope, receive, send, self.op, self.fmt)
 
 
 def create_app(config: Config) -> FastPaths:
@@ -62,9 +76,8 @@ def create_app(config: Config) -> FastPaths:
         Route("/debug/failover", FailoverDebug(services), methods=["GET"]),
         Route("/admin/{rest:path}", AdminAPI(services), methods=["GET", "POST", "PUT", "DELETE"]),
     ]
-    if services.telemetry.metrics is not None:  # Prometheus; config telemetry.metrics
-        routes.append(Route("/metrics", MetricsEndpoint(services.telemetry.metrics),
-                            methods=["GET"]))
+    if config.telemetry.metrics:  # Prometheus
+        routes.append(Route("/metrics", MetricsEndpoint(services), methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
     app.state.services = services

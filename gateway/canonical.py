@@ -40,6 +40,31 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
+def usage_from_json(obj: Any) -> Usage | None:
+    """An OpenAI `usage` object (the canonical shape's) as Usage; None if it is none."""
+    if not isinstance(obj, dict):
+        return None
+    details = obj.get("prompt_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(obj.get("prompt_tokens") or 0),
+        completion_tokens=int(obj.get("completion_tokens") or 0),
+        cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+    )
+
+
+def usage_json(usage: Usage, reasoning_tokens: int = 0) -> dict[str, Any]:
+    """Usage as OpenAI reports it."""
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+    if reasoning_tokens:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return out
+
+
 @dataclass(slots=True)
 class Target:
     """Where one attempt goes: everything an adapter needs to address an upstream."""
@@ -122,6 +147,19 @@ class UpstreamFailure(Exception):
         return ErrorClass.RETRYABLE if self.kind in _RETRYABLE else ErrorClass.FINAL
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What an upstream dialect can do, as its adapter declares it: the gateway asks these,
+    never the dialect's name."""
+
+    continues_prefill: bool = False  # continues a trailing assistant message (prefill)
+    prefill_trims_whitespace: bool = False  # a prefill must not end in whitespace
+    genai_provider: str = "openai"  # OpenTelemetry's gen_ai.provider.name for it
+
+
+HealthCheck = Literal["health", "chat", "models", "off"]
+
+
 @dataclass(slots=True, eq=False)
 class Deployment:
     """One routable place a public model can run: a provider, or one replica of a pool.
@@ -138,3 +176,6 @@ class Deployment:
     pool: str | None = None  # set for self-hosted replicas
     weight: float = 1.0  # for the weighted policy
     price_cached_input: float | None = None  # None: cached input costs price_input
+    capabilities: Capabilities = Capabilities()
+    can_continue: bool = False  # may take over a broken stream (config, else capabilities)
+    health_check: HealthCheck = "off"  # how to check it while its circuit is open

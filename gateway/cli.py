@@ -1,4 +1,7 @@
-"""`turnout` command line: serve, check-config, teams, keys, usage, sim."""
+"""`turnout` command line: serve, check-config, teams, keys, usage, sim.
+
+(Comparing routing policies on a recorded trace is the benchmark's: `python -m bench.replay`.)
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bench import replay
 from gateway import cli_admin
 from gateway.app import configure_logging
 from gateway.config import Config, ConfigError, load_config
@@ -68,7 +70,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _run(uvicorn: Any, host: str, port: int, workers: int, log_level: str) -> None:
-    from gateway.http.protocol import HttpProtocol
+    from gateway.wire.server import HttpProtocol
 
     uvicorn.run(
         "gateway.app:app_from_env",
@@ -109,10 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sim", help="run simulated OpenAI/vLLM-compatible upstreams")
     simulator.add_arguments(p)
     p.set_defaults(func=simulator.run_cli)
-
-    p = sub.add_parser("replay", help="compare routing policies on a recorded trace (JSONL)")
-    replay.add_arguments(p)
-    p.set_defaults(func=replay.run_cli)
     return parser
 
 

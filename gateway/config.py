@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.store.resp import parse_url
+from gateway.wire.redis_url import parse_url
 
 Dialect = Literal["openai", "anthropic", "gemini"]
 SimProfileName = Literal["instant", "fast-gpu", "slow-gpu", "cloud"]

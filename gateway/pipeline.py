@@ -1,99 +1,331 @@
-"""The request pipeline: the one place that knows the order of the steps.
+"""The request pipeline: the one place that knows the order of the steps, for every client
+format (OpenAI's and Anthropic's LLM endpoints all run `Pipeline.serve`).
 
-surface → authenticate → cache lookup → admit (limits, budgets) → plan (routing) →
-dispatch → respond → settle (metering, cache store). The cache is looked up before
-admission so that a hit is admitted as one: it counts against RPM but reserves no tokens
-or budget (gateway/admission.py). A hit needs no routing; the surface replays it.
+    authenticate → parse → cache lookup → admit → plan → dispatch → respond → settle
+
+1. authenticate: the key → a Principal (`accounting/admission.py`, cached in-process);
+2. parse: the body, bounded, into a CanonicalRequest by the client's format (`http/`);
+3. cache: an exact-match lookup before admission, so a hit costs no budget reservation
+   (it still counts against RPM) and is replayed without routing (`cache/`);
+4. admit: limits and budgets reserved, atomically (`accounting/admission.py`);
+5. plan: the model's policy orders its deployments (`planner.py`); it may shed the request;
+6. dispatch: attempts, failover, hedging, continuation (`dispatch/`);
+7. respond: the answer (or the stream, chunk by chunk) rendered in the client's format,
+   with the upstream's work cancelled when the client goes away;
+8. settle: exactly once, whatever happened: the cache stores a successful miss, the meter
+   records usage and cost (`accounting/metering.py`), telemetry closes the request.
+
+Before admission a failure is a refusal: an error in the client's format, nothing to
+settle. From admission on, the request's `Outcome` is filled in and settled in a `finally`.
 """
 
 from __future__ import annotations
 
-from gateway.accounts import Accounts
-from gateway.admission import Admission
-from gateway.cache import ResponseCache
-from gateway.cache.policy import RawHeaders
-from gateway.canonical import CanonicalRequest, Deployment
-from gateway.dispatch import Completed, Dispatcher, UpstreamStream
-from gateway.errors import GatewayError
-from gateway.metering import Meter, Ticket
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from gateway.accounting.admission import AdmissionStage, Authenticator
+from gateway.accounting.metering import Meter, Outcome, RequestContext, text_chars
+from gateway.cache import CacheStage, CacheTicket, replay
+from gateway.cache.assemble import StreamAssembler
+from gateway.canonical import CanonicalRequest, Deployment, Operation, UpstreamFailure, Usage
+from gateway.dispatch.dispatcher import Dispatcher, UpstreamStream
+from gateway.errors import GatewayError, from_upstream
+from gateway.http.asgi import (
+    Headers,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    cancel_on_disconnect,
+    read_body,
+    request_id,
+    send_response,
+)
+from gateway.http.client_format import SSE_HEADERS, ClientFormat, StreamEncoder, send_error
+from gateway.planner import PlanStage, apply_request_headers
 from gateway.registry import Registry
-from gateway.routing import Router
+from gateway.telemetry import Telemetry
+from gateway.telemetry.tracing import RequestTrace
 from policies.keys import Principal
 from policies.routing.base import Plan, RouteHints
 
+log = logging.getLogger("turnout.http")
+
+T = TypeVar("T")
+
+
+class Reply:
+    """How one admitted request's answer goes back: in the client's format, through the
+    ASGI `send`, with the headers every response of it carries, past whoever watches the
+    chunks (its trace; the cache assembling a miss to store)."""
+
+    __slots__ = ("_send", "assembler", "fmt", "headers", "started", "trace")
+
+    def __init__(self, fmt: ClientFormat, send: Send, headers: Headers,
+                 trace: RequestTrace | None) -> None:
+        self.fmt = fmt
+        self._send = send
+        self.headers = headers
+        self.trace = trace
+        self.assembler: StreamAssembler | None = None
+        self.started = False  # a response head went out: an error can only end the body
+
+    async def send(self, message: Message) -> None:
+        self.started = True
+        await self._send(message)
+
 
 class Pipeline:
-    def __init__(self, registry: Registry, router: Router, dispatcher: Dispatcher,
-                 accounts: Accounts, admission: Admission, meter: Meter,
-                 cache: ResponseCache | None = None) -> None:
+    def __init__(self, *, registry: Registry, authenticator: Authenticator,
+                 cache: CacheStage | None, admission: AdmissionStage, planner: PlanStage,
+                 dispatcher: Dispatcher, meter: Meter, telemetry: Telemetry | None,
+                 loop: asyncio.AbstractEventLoop, max_body: int) -> None:
         self.registry = registry
-        self.router = router
-        self.dispatcher = dispatcher
-        self.accounts = accounts
-        self.admission = admission
-        self.meter = meter
+        self.authenticator = authenticator
         self.cache = cache  # None: no model or team is cached, the cache costs nothing
+        self.admission = admission
+        self.planner = planner
+        self.dispatcher = dispatcher
+        self.meter = meter
+        self.telemetry = telemetry  # None: traces, metrics and access log all off
+        self.loop = loop  # asked for once: on Python 3.11 each get_running_loop() is a getpid()
+        self.max_body = max_body
 
-    def deployments(self, model: str) -> list[Deployment]:
-        deps = self.registry.models.get(model)
+    async def serve(self, scope: Scope, receive: Receive, send: Send, op: Operation,
+                    fmt: ClientFormat) -> None:
+        """One LLM request, from its ASGI scope to its settlement."""
+        arrived = time.monotonic()
+        headers = dict(scope["headers"])  # one pass; a repeated header: its last value
+        rid = request_id(headers.get(b"x-request-id"))
+        tel = self.telemetry
+        trace = tel.begin(scope, op) if tel is not None else None
+        principal: Principal | None = None
+        req: CanonicalRequest | None = None
+        cached: CacheTicket | None = None
+        try:
+            api_key = headers.get(fmt.api_key_header) if fmt.api_key_header else None
+            principal = await self.authenticator.authenticate(headers.get(b"authorization"),
+                                                              api_key)
+            raw = await read_body(receive, self.max_body, headers.get(b"content-length"))
+            req = fmt.parse(op, raw, rid)
+            apply_request_headers(req, headers.get(b"x-turnout-slo-ttft-ms"),
+                                  headers.get(b"x-turnout-priority"))
+            deps = self._deployments(principal, req)
+            if self.cache is not None:
+                cached = await self.cache.lookup(principal, req, scope["headers"])
+            if cached is not None and cached.entry is not None:
+                ctx = await self.admission.admit_hit(principal, req)
+            else:
+                ctx = await self.admission.admit(principal, req, self._reserve_for(req, deps))
+        except BaseException as err:
+            if self.cache is not None and cached is not None:
+                self.cache.abandon(cached)  # a miss that was to lead: a waiter leads instead
+            status = await self._refused(err, send, fmt, rid)
+            if tel is not None:
+                code = err.code if isinstance(err, GatewayError) else None
+                tel.refused(rid, status, code, arrived, req, principal, trace)
+            if not isinstance(err, Exception):
+                raise  # cancelled: the client left before its request was admitted
+            return
+        if tel is not None:
+            tel.admitted(ctx, trace)
+        out = Outcome(arrived)
+        reply = Reply(fmt, send, list(ctx.ratelimit_headers), trace)
+        if self.cache is not None and cached is not None:
+            out.cache = cached.outcome
+            reply.headers += self.cache.admitted(cached, req)
+            reply.assembler = cached.assembler
+        plan: Plan | None = None
+        try:
+            if cached is not None and cached.entry is not None:
+                work = self._replay(ctx, cached, out, reply)
+            else:
+                plan = self._plan(ctx, deps)
+                respond = self._stream if req.stream else self._complete
+                work = respond(ctx, plan, out, reply)
+            await cancel_on_disconnect(scope, receive, work, self.loop)
+        except GatewayError as err:  # planning refused it (shed): admitted, so settled
+            out.status = err.status
+            await send_error(send, fmt, err, rid, reply.headers)
+        except Exception:
+            # A bug of ours: log it with the traceback, tell the client only that it happened.
+            log.exception("unhandled error serving request %s", rid)
+            out.status = 500
+            if not reply.started:
+                await send_error(send, fmt, _internal(rid), rid, reply.headers)
+        finally:
+            self._settle(ctx, out, cached, plan, trace)
+
+    # -- before admission -----------------------------------------------------------------
+
+    def _deployments(self, principal: Principal, req: CanonicalRequest) -> list[Deployment]:
+        deps = self.registry.models.get(req.model)
         if not deps:
             raise GatewayError(
-                404,
-                f"The model `{model}` does not exist or you do not have access to it.",
-                code="model_not_found",
-                param="model",
-            )
-        return deps
-
-    async def authenticate(self, authorization: bytes | None,
-                           api_key: bytes | None = None) -> Principal:
-        return await self.accounts.authenticate(authorization, api_key)
-
-    def models(self, principal: Principal) -> list[str]:
-        return [m for m in self.registry.models if principal.may_use(m)]
-
-    async def admit(self, principal: Principal, req: CanonicalRequest,
-                    headers: RawHeaders = ()) -> tuple[Ticket, Plan]:
-        """Everything before dispatch: the model exists and is allowed, the response cache
-        is asked (`headers`: the request's, for its cache directives), limits and budget
-        admit it (reserved), and the plan. A cache hit (`ticket.cache_hit`) gets a plan
-        with no candidates. The ticket must reach `settle`."""
-        deps = self.deployments(req.model)
+                404, f"The model `{_shown(req.model)}` does not exist or you do not have"
+                " access to it.", code="model_not_found", param="model")
         if not principal.may_use(req.model):
             raise GatewayError(403, f"Your key may not use the model `{req.model}`.",
                                code="model_not_allowed", param="model")
-        cache = self.cache
-        cached = await cache.lookup(principal, req, headers) if cache is not None else None
-        hit = cached is not None and cached.entry is not None
-        # A fallback may only be a model the key may use, and the budget reservation covers
-        # the dearest deployment the request could end up on, fallbacks included.
+        # A fallback may only be a model the key may use.
         req.allowed_models = principal.models
-        reserve_for = deps + [d for m in self.registry.fallback_models(req.model)
-                              if principal.may_use(m) for d in self.registry.models.get(m, ())]
+        return deps
+
+    def _reserve_for(self, req: CanonicalRequest, deps: list[Deployment]) -> list[Deployment]:
+        """Where the request could end up, fallbacks included: the budget reservation
+        covers the dearest of them."""
+        more = [d for m in self.registry.fallback_models(req.model)
+                if not req.allowed_models or m in req.allowed_models
+                for d in self.registry.models.get(m, ())]
+        return deps + more if more else deps
+
+    @staticmethod
+    async def _refused(err: BaseException, send: Send, fmt: ClientFormat, rid: str) -> int:
+        """Answer a request refused before admission; its status (499: the client left)."""
+        if isinstance(err, GatewayError):
+            await send_error(send, fmt, err, rid)
+            return err.status
+        if isinstance(err, Exception):
+            log.exception("unhandled error admitting request %s", rid)
+            await send_error(send, fmt, _internal(rid), rid)
+            return 500
+        return 499
+
+    def _plan(self, ctx: RequestContext, deps: list[Deployment]) -> Plan:
+        req, principal = ctx.req, ctx.principal
+        req.prompt_tokens = ctx.prompt_estimate
+        hints = RouteHints(prompt_tokens=ctx.prompt_estimate, max_tokens=ctx.max_output)
+        return self.planner.plan(req, deps, hints, team_slo_ms=principal.slo_ttft_ms,
+                                 team_priority=principal.priority)
+
+    # -- dispatch and respond -------------------------------------------------------------
+
+    @staticmethod
+    async def _dispatch(out: Outcome, plan: Plan, dispatch: Awaitable[T], reply: Reply,
+                        rid: str) -> T | None:
+        """What dispatch returns, or None when it failed (the client has the error); the
+        time it took is the request's wait on upstreams (the gateway-overhead metric)."""
+        dispatched = time.monotonic()
         try:
-            ticket = await (self.admission.admit_hit(principal, req) if hit
-                            else self.admission.admit(principal, req, reserve_for))
-        except BaseException:
-            if cache is not None and cached is not None:
-                cache.abandon(cached)  # a miss that was to lead: a waiter leads instead
-            raise
-        if cache is not None and cached is not None:
-            cache.admitted(cached, ticket)
-            if hit:
-                return ticket, Plan([], "cache", "cache hit")
-        req.prompt_tokens = ticket.prompt_estimate
-        hints = RouteHints(prompt_tokens=ticket.prompt_estimate, max_tokens=ticket.max_output)
-        plan = self.router.plan(req, deps, hints, team_slo_ms=principal.slo_ttft_ms,
-                                team_priority=principal.priority)
-        return ticket, plan
+            return await dispatch
+        except UpstreamFailure as failure:
+            # After failover the last failure may be any candidate's: name the one it was.
+            err = from_upstream(failure, failure.deployment or plan.candidates[0].id)
+            out.status = err.status
+            await send_error(reply.send, reply.fmt, err, rid, reply.headers)
+            return None
+        finally:
+            out.upstream_s = time.monotonic() - dispatched
 
-    async def complete(self, req: CanonicalRequest, plan: Plan) -> Completed:
-        return await self.dispatcher.complete(req, plan)
+    async def _complete(self, ctx: RequestContext, plan: Plan, out: Outcome,
+                        reply: Reply) -> None:
+        req = ctx.req
+        done = await self._dispatch(out, plan, self.dispatcher.complete(req, plan), reply,
+                                    req.request_id)
+        if done is None:
+            return
+        out.deployment, out.usage, out.body = done.deployment, done.usage, done.body
+        out.retries = len(done.history) - 1 if done.history else 0
+        out.status = 200
+        await send_response(reply.send, 200, reply.fmt.completion_body(req, done.body),
+                            _route_headers(req.request_id, done.deployment.id, plan)
+                            + reply.headers)
+        out.first_byte = time.monotonic()
 
-    async def open_stream(self, req: CanonicalRequest, plan: Plan) -> UpstreamStream:
-        return await self.dispatcher.open_stream(req, plan)
+    async def _stream(self, ctx: RequestContext, plan: Plan, out: Outcome,
+                      reply: Reply) -> None:
+        req = ctx.req
+        stream = await self._dispatch(out, plan, self.dispatcher.open_stream(req, plan), reply,
+                                      req.request_id)
+        if stream is None:
+            return
+        out.deployment = stream.deployment
+        try:
+            await reply.send({"type": "http.response.start", "status": 200,
+                              "headers": SSE_HEADERS + _route_headers(
+                                  req.request_id, stream.deployment.id, plan) + reply.headers})
+            out.first_byte = time.monotonic()
+            await self._relay(stream, out, reply, reply.fmt.stream_encoder(req))
+        finally:
+            out.usage = stream.usage
+            out.retries = len(stream.history) - 1 if stream.history else 0
+            await stream.aclose()
 
-    def settle(self, ticket: Ticket) -> None:
-        if ticket.cache is not None and self.cache is not None:
-            self.cache.finish(ticket)  # stores a successful miss, in the background
-        self.meter.settle(ticket)
+    @staticmethod
+    async def _relay(stream: UpstreamStream, out: Outcome, reply: Reply,
+                     encoder: StreamEncoder) -> None:
+        send = reply.send
+        # Tracing notes the answer's id and finish reasons on the way; else nothing per chunk.
+        chunks = stream.chunks() if reply.trace is None else reply.trace.watch(stream.chunks())
+        if reply.assembler is not None:
+            chunks = reply.assembler.watch(chunks)  # a miss to store: assembled whole
+        try:
+            async for chunk in chunks:
+                if chunk.data:
+                    out.streamed_chars += text_chars(chunk.data)
+                data = encoder.chunk(chunk)
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+        except UpstreamFailure as failure:
+            # The 200 is already sent: end with an error event, which the SDKs raise on.
+            err = from_upstream(failure, stream.deployment.id)
+            out.status = err.status
+            await send({"type": "http.response.body", "body": encoder.error(err)})
+            return
+        out.status = 200
+        await send({"type": "http.response.body", "body": encoder.end()})
+
+    @staticmethod
+    async def _replay(ctx: RequestContext, cached: CacheTicket, out: Outcome,
+                      reply: Reply) -> None:
+        """A cache hit in the form the client asked for: the stored (canonical) answer,
+        or, for a stream, its replay through the client's stream encoder, sent at once.
+        Metered as a hit: nothing generated, and what its answer took to generate saved."""
+        req, entry = ctx.req, cached.entry
+        assert entry is not None
+        out.usage = Usage()
+        out.saved_tokens, out.saved_cost_nanos = entry.usage.total_tokens, entry.cost_nanos
+        headers = [(b"x-request-id", req.request_id.encode()), *reply.headers]
+        out.status = 200
+        if not req.stream:
+            await send_response(reply.send, 200, reply.fmt.completion_body(req, entry.body),
+                                headers)
+        else:
+            encoder = reply.fmt.stream_encoder(req)
+            body = b"".join([encoder.chunk(c) for c in replay.chunks(entry, req)])
+            await reply.send({"type": "http.response.start", "status": 200,
+                              "headers": SSE_HEADERS + headers})
+            await reply.send({"type": "http.response.body", "body": body + encoder.end()})
+        out.first_byte = time.monotonic()
+
+    # -- settle -----------------------------------------------------------------------------
+
+    def _settle(self, ctx: RequestContext, out: Outcome, cached: CacheTicket | None,
+                plan: Plan | None, trace: RequestTrace | None) -> None:
+        """Exactly once per admitted request, whatever happened (0 left: client gone)."""
+        if self.cache is not None and cached is not None:
+            self.cache.finish(cached, ctx, out)  # stores a successful miss, in the background
+        args = self.meter.settle(ctx, out)
+        if self.telemetry is not None:
+            self.telemetry.settled(ctx, out, args, trace, plan)
+
+
+def _route_headers(rid: str, deployment_id: str, plan: Plan) -> Headers:
+    return [
+        (b"x-request-id", rid.encode()),
+        (b"x-turnout-deployment", deployment_id.encode()),
+        (b"x-turnout-route", f"{plan.policy}; {plan.reason}".encode()),
+    ]
+
+
+def _shown(name: str, limit: int = 256) -> str:
+    """A client-given name as an error message quotes it: bounded."""
+    return name if len(name) <= limit else name[:limit] + "…"
+
+
+def _internal(rid: str) -> GatewayError:
+    return GatewayError(500, f"internal error (request {rid})", type="server_error")

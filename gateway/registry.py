@@ -8,6 +8,7 @@ a rebuilt model table in one assignment, so a request sees the old or the new on
 
 from __future__ import annotations
 
+from adapters import get_adapter
 from gateway.canonical import Deployment, Target
 from gateway.config import Config, DeploymentConfig, Price, Provider
 
@@ -57,16 +58,23 @@ class Registry:
         pool = self._pools.get(dc.target)
         p = dc.price or (pool.price if pool else None) or Price()  # type: ignore[call-arg]
         if pool is not None:
-            return [Deployment(replica_id(pool.name, root), model, "openai",
-                               Target(base_url=root + "/v1", upstream_model=dc.model),
+            # vLLM speaks OpenAI's dialect and continues a prefill (continue_final_message).
+            return [Deployment(replica_id(pool.name, root), model, "openai", target,
                                p.input, p.output, pool=pool.name, weight=dc.weight,
-                               price_cached_input=p.cached_input)
-                    for root in self.members[pool.name]]
+                               price_cached_input=p.cached_input,
+                               capabilities=get_adapter("openai").capabilities(target),
+                               can_continue=pool.continuation, health_check="health")
+                    for root in self.members[pool.name]
+                    for target in [Target(base_url=root + "/v1", upstream_model=dc.model)]]
         prov = self._providers[dc.target]
         base, key = provider_base(prov, self.simulated)
         # A simulated stand-in speaks OpenAI's dialect whatever the real provider speaks.
         dialect = "openai" if prov.name in self.simulated else prov.dialect
-        return [Deployment(f"{prov.name}/{dc.model}", model, dialect,
-                           Target(base, dc.model, key, dict(prov.headers), dict(prov.options)),
+        target = Target(base, dc.model, key, dict(prov.headers), dict(prov.options))
+        capabilities = get_adapter(dialect).capabilities(target)
+        can_continue = (prov.continuation if prov.continuation is not None
+                        else capabilities.continues_prefill)
+        return [Deployment(f"{prov.name}/{dc.model}", model, dialect, target,
                            p.input, p.output, weight=dc.weight,
-                           price_cached_input=p.cached_input)]
+                           price_cached_input=p.cached_input, capabilities=capabilities,
+                           can_continue=can_continue, health_check=prov.health_check)]

@@ -1,5 +1,12 @@
-"""What a running gateway process holds: built at startup (the app's lifespan), read by
-the HTTP surfaces, torn down at shutdown."""
+"""What a running gateway process holds, composed in one place: built at startup (the
+app's lifespan), in dependency order, each part handed what it needs at construction;
+read by the HTTP surfaces; torn down at shutdown in reverse order.
+
+Telemetry is chosen here too: while tracing is on, the cache lookup, admission, planning
+and each upstream attempt are wrapped in spans (`telemetry/traced.py`); while metrics are
+on, every Redis round trip is timed (`MeasuredConnection`). With both off the stages run
+as they are.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +15,41 @@ import gc
 import logging
 from contextlib import AsyncExitStack
 
-from gateway.accounts import Accounts
-from gateway.cache import ResponseCache
+from gateway.accounting.accounts import Accounts, declared_principals
+from gateway.accounting.admission import (
+    Admission,
+    AdmissionStage,
+    Authenticator,
+    reservation_ttl_ms,
+)
+from gateway.accounting.invalidation import (
+    Announcer,
+    Invalidations,
+    Listener,
+    LocalInvalidations,
+)
+from gateway.accounting.lease_holder import LeaseHolder
+from gateway.accounting.metering import Meter
+from gateway.cache import CacheStage, ResponseCache
 from gateway.config import Config
-from gateway.dispatch import Dispatcher
-from gateway.failover import Failover
-from gateway.fallbacks import Fallbacks
-from gateway.health_checks import CircuitProber
-from gateway.invalidation import Invalidations
-from gateway.leases import Leases
-from gateway.metering import Meter
+from gateway.dispatch.attempts import new_attempt
+from gateway.dispatch.dispatcher import AttemptRunner, Dispatcher
+from gateway.dispatch.failover import Failover
+from gateway.dispatch.fallbacks import Fallbacks
+from gateway.dispatch.health_checks import CircuitProber
 from gateway.pipeline import Pipeline
+from gateway.planner import Planner, PlanStage
 from gateway.registry import Registry, replica_id
-from gateway.routing import Router
 from gateway.simulated import start_simulators
 from gateway.store import RedisStore, Store, open_store
 from gateway.telemetry import Telemetry
-from gateway.upstream import UpstreamClient
+from gateway.telemetry.metrics import MeasuredConnection
+from gateway.telemetry.traced import TracedAdmission, TracedAttempts, TracedCache, TracedPlanner
+from gateway.telemetry.tracing import Tracing
+from gateway.wire.base import RedisConnection, get
+from gateway.wire.http_client import UpstreamClient
+from gateway.wire.redis_url import parse_url
+from gateway.wire.resp import RespClient
 from policies.leases import MAX_AGE_S
 from policies.scoreboard import Scoreboard
 from selfhost.pool import PoolMonitor, PoolSpec
@@ -34,77 +59,105 @@ log = logging.getLogger("turnout")
 
 class Services:
     pipeline: Pipeline
+    registry: Registry
     store: Store
     client: UpstreamClient
+    authenticator: Authenticator
     accounts: Accounts
-    meter: Meter
     cache: ResponseCache | None  # None: the config caches nothing
     failover: Failover | None  # None: failover is switched off
+    telemetry: Telemetry
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.max_body = config.server.max_body_bytes
         self._stack = AsyncExitStack()
-        self.telemetry = Telemetry(config)  # before start: the app routes /metrics by it
 
     async def start(self) -> None:
-        cfg = self.config
+        cfg, stack = self.config, self._stack
         # The loop, asked for once: on Python 3.11 each get_running_loop() is a getpid().
-        self.loop = asyncio.get_running_loop()
-        self._stack.push_async_callback(self.telemetry.shutdown)  # last: flushes spans
-        simulated = await start_simulators(cfg, self._stack)
-        registry = Registry(cfg, simulated)
-        self.client = UpstreamClient(connect_timeout=cfg.server.timeouts.connect_s)
-        await self.client.start()
-        self._stack.push_async_callback(self.client.close)
-        self.store = open_store(cfg.redis.url if cfg.redis else None,
-                                stream_maxlen=cfg.metering.stream_maxlen)
-        self.telemetry.measure(self.store)
-        self._stack.push_async_callback(self.store.close)
-        self.accounts = Accounts(self.store, required=cfg.auth_required,
-                                 admin_key=cfg.auth.admin_key, cache_ttl_s=cfg.auth.cache_ttl_s)
-        invalidations = await self._invalidations()
-        await self.accounts.start(cfg.teams)
-        self._stack.push_async_callback(self.accounts.stop)
-        self.meter = Meter(self.store)
-        self.meter.observer = self.telemetry.settled if self.telemetry.active else None
-        self._stack.push_async_callback(self.meter.close)  # runs before the store closes
-        self.cache = self.telemetry.cache(self.store, cfg)  # None: nothing is cached
-        if self.cache is not None:
-            self._stack.push_async_callback(self.cache.close)  # pending writes land first
+        loop = asyncio.get_running_loop()
+        simulated = await start_simulators(cfg, stack)
+        self.registry = registry = Registry(cfg, simulated)
+        self.client = client = UpstreamClient(connect_timeout=cfg.server.timeouts.connect_s)
+        await client.start()
+        stack.push_async_callback(client.close)
+
+        # Routing and failover.
         board = Scoreboard()
+        prober = CircuitProber(client, interval_s=cfg.failover.breaker.health_check_interval_s,
+                               timeout_s=cfg.failover.breaker.health_check_timeout_s)
+        stack.push_async_callback(prober.stop)
+        tracing = Tracing.build(cfg.telemetry.tracing)  # None: off
+        tracer = tracing.tracer if tracing is not None else None
+        planner: PlanStage = Planner(cfg, board)
+        if tracer is not None:
+            planner = TracedPlanner(planner, tracer)
+        failover = self.failover = Failover(
+            cfg, board, Fallbacks(cfg, registry, planner),
+            on_open=prober.wake) if cfg.failover.enabled else None
+        self.telemetry = telemetry = Telemetry(cfg, tracing, failover)
+        stack.push_async_callback(telemetry.shutdown)  # after everything else: flushes spans
         await self._monitor_pools(registry, board)
-        router = self.telemetry.router(cfg, board)  # traced while tracing is on
-        self.failover = self._failover(registry, router, board)
-        dispatcher = Dispatcher(self.client, board, cfg.server.timeouts, self.failover)
-        self.telemetry.instrument(dispatcher, self.failover)
-        admission = self.telemetry.admission(self.store, cfg.admission,
-                                             cfg.server.timeouts.total_s)
-        if invalidations is not None and cfg.admission.leases:
-            admission.leases = self._leases(invalidations, admission.ttl_ms)
-        self.pipeline = Pipeline(registry, router, dispatcher, self.accounts, admission,
-                                 self.meter, self.cache)
+
+        # State: the store, teams and keys, admission, the cache.
+        redis = self._redis()
+        self.store = store = open_store(redis, stream_maxlen=cfg.metering.stream_maxlen)
+        stack.push_async_callback(store.close)
+        self.authenticator = authenticator = Authenticator(
+            store, required=cfg.auth_required, admin_key=cfg.auth.admin_key,
+            cache_ttl_s=cfg.auth.cache_ttl_s, declared=declared_principals(cfg.teams))
+        ttl_ms = reservation_ttl_ms(cfg.admission, cfg.server.timeouts.total_s)
+        leases = self._lease_holder(store, loop, ttl_ms)
+        listeners: list[Listener] = [authenticator, *([leases] if leases is not None else [])]
+        announcer: Announcer = LocalInvalidations(listeners)
+        if isinstance(store, RedisStore):  # every process hears every change
+            announcer = invalidations = Invalidations(store, listeners)
+            await invalidations.start()
+            stack.push_async_callback(invalidations.close)
+        if leases is not None:
+            stack.push_async_callback(leases.close)  # before the meter and store close
+        self.accounts = accounts = Accounts(store, announcer)
+        await accounts.start(cfg.teams)
+        stack.push_async_callback(accounts.stop)
+        meter = Meter(store)
+        stack.push_async_callback(meter.close)  # runs before the store closes
+        admission: AdmissionStage = Admission(store, cfg.admission, ttl_ms, leases)
+        self.cache = ResponseCache.build(store, cfg)
+        cache: CacheStage | None = self.cache
+        if self.cache is not None:
+            stack.push_async_callback(self.cache.close)  # pending writes land first
+        if tracer is not None:
+            admission = TracedAdmission(admission, tracer)
+            cache = TracedCache(cache, tracer) if cache is not None else None
+
+        # Dispatch, and the pipeline that puts it all in order.
+        runner = AttemptRunner(client, board, cfg.server.timeouts,
+                               failover.breakers if failover is not None else None,
+                               TracedAttempts(tracer) if tracer is not None else new_attempt)
+        self.pipeline = Pipeline(
+            registry=registry, authenticator=authenticator, cache=cache, admission=admission,
+            planner=planner, dispatcher=Dispatcher(runner, failover), meter=meter,
+            telemetry=telemetry if telemetry.active else None, loop=loop,
+            max_body=cfg.server.max_body_bytes)
         log.info("models: %s", ", ".join(
             f"{name} → {', '.join(d.id for d in deps)}" for name, deps in registry.models.items()))
         # Everything built so far lives as long as the process: keep the garbage collector
         # from walking it again on every full collection while requests are served.
         gc.freeze()
 
-    async def _invalidations(self) -> Invalidations | None:
-        """With Redis: key and policy changes, heard from every process."""
-        if not isinstance(self.store, RedisStore):
+    def _redis(self) -> RedisConnection | None:
+        """The connection to Redis (None: no Redis configured), timed while metrics are on."""
+        if self.config.redis is None:
             return None
-        invalidations = Invalidations(self.store)
-        invalidations.handlers.append(self.accounts.forget)
-        invalidations.on_down.append(self.accounts.forget_all)
-        invalidations.on_missed.append(self.accounts.forget_all)
-        self.accounts.invalidations = invalidations
-        await invalidations.start()
-        self._stack.push_async_callback(invalidations.close)
-        return invalidations
+        redis: RedisConnection = RespClient(parse_url(self.config.redis.url))
+        metrics = self.telemetry.metrics
+        return MeasuredConnection(redis, metrics) if metrics is not None else redis
 
-    def _leases(self, invalidations: Invalidations, ttl_ms: int) -> Leases | None:
-        assert isinstance(self.store, RedisStore)
+    def _lease_holder(self, store: Store, loop: asyncio.AbstractEventLoop,
+                      ttl_ms: int) -> LeaseHolder | None:
+        """With Redis and `admission.leases`: this process's leases."""
+        if not isinstance(store, RedisStore) or not self.config.admission.leases:
+            return None
         # A request admitted from a grant (at most MAX_AGE_S after it) must settle before
         # the grant's budget reservation can lapse.
         margin_s = MAX_AGE_S + 5
@@ -112,24 +165,7 @@ class Services:
             log.warning("admission.leases: off, as admission.reservation_ttl_s is under"
                         " timeouts.total_s + %gs", margin_s)
             return None
-        leases = Leases(self.store, self.loop, ttl_ms=ttl_ms, live=lambda: invalidations.live)
-        invalidations.handlers.append(lambda change: leases.drop(change.team, change.key_id))
-        invalidations.on_down.append(leases.drop_all)
-        self.telemetry.watch_leases(leases)
-        self._stack.push_async_callback(leases.close)  # before the meter and store close
-        return leases
-
-    def _failover(self, registry: Registry, router: Router, board: Scoreboard
-                  ) -> Failover | None:
-        fc = self.config.failover
-        if not fc.enabled:
-            return None
-        failover = Failover(self.config, board, Fallbacks(self.config, registry, router))
-        prober = CircuitProber(self.client, failover, interval_s=fc.breaker.health_check_interval_s,
-                               timeout_s=fc.breaker.health_check_timeout_s)
-        failover.breakers.on_open = prober.wake  # checks run only while a circuit is open
-        self._stack.push_async_callback(prober.stop)
-        return failover
+        return LeaseHolder(store, loop, ttl_ms=ttl_ms)
 
     async def _monitor_pools(self, registry: Registry, board: Scoreboard) -> None:
         """Probe and scrape every pool replica; resolve DNS pools before serving."""
@@ -144,9 +180,9 @@ class Services:
             self._stack.push_async_callback(monitor.stop)
 
     def _monitor(self, spec: PoolSpec, registry: Registry, board: Scoreboard) -> PoolMonitor:
-        name = spec.name
+        name, client = spec.name, self.client
         return PoolMonitor(
-            spec, self.client.get,
+            spec, lambda url, timeout_s: get(client, url, timeout_s),
             members=lambda: registry.members[name],
             on_members=lambda roots: registry.set_members(name, roots),
             stats=lambda root: board.by_id(replica_id(name, root)),

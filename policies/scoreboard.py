@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.canonical import Deployment
-from policies.telemetry import DecayingRate, PeakEWMA, WindowedQuantiles
+from policies.estimators import DecayingRate, PeakEWMA, WindowedQuantiles
 
 # Prompt-token buckets for TTFT: prefill time grows with the prompt, so a replica is judged
 # by prompts of about the request's size (a bucket spans at most a doubling).

@@ -10,6 +10,15 @@ asks for, with concurrent identical misses coalesced into one upstream call.
 - `service`: `ResponseCache`, what the pipeline calls.
 """
 
-from gateway.cache.service import BYPASS, HIT, MISS, CacheCounters, CacheTicket, ResponseCache
+from gateway.cache.service import (
+    BYPASS,
+    HIT,
+    MISS,
+    CacheCounters,
+    CacheStage,
+    CacheTicket,
+    ResponseCache,
+)
 
-__all__ = ["BYPASS", "HIT", "MISS", "CacheCounters", "CacheTicket", "ResponseCache"]
+__all__ = ["BYPASS", "HIT", "MISS", "CacheCounters", "CacheStage", "CacheTicket",
+           "ResponseCache"]

@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from gateway.cache.entry import Entry, usage_json
-from gateway.canonical import StreamChunk, Usage
+from gateway.cache.entry import Entry
+from gateway.canonical import StreamChunk, Usage, usage_json
 
 _HEAD = ("id", "created", "model", "system_fingerprint")
 _CHOICE_END = ("finish_reason", "stop_reason")  # vLLM names the matched stop string too

@@ -14,11 +14,10 @@ strings, so the first newline always ends the metadata.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 
-from gateway.cache.keys import FORMAT
+from gateway.cache.request_key import FORMAT
 from gateway.canonical import Usage
 
 
@@ -53,13 +52,3 @@ class Entry:
                        meta["s"], meta["l"], bool(meta["f"]))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
-
-
-def usage_json(u: Usage) -> dict[str, Any]:
-    """Usage as OpenAI reports it."""
-    out: dict[str, Any] = {"prompt_tokens": u.prompt_tokens,
-                           "completion_tokens": u.completion_tokens,
-                           "total_tokens": u.total_tokens}
-    if u.cached_tokens:
-        out["prompt_tokens_details"] = {"cached_tokens": u.cached_tokens}
-    return out

@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from gateway.cache.entry import Entry, usage_json
-from gateway.canonical import CanonicalRequest, StreamChunk
+from gateway.cache.entry import Entry
+from gateway.canonical import CanonicalRequest, StreamChunk, usage_json
 
 _HEAD = ("id", "created", "model", "system_fingerprint")
 _END = ("finish_reason", "stop_reason")

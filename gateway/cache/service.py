@@ -1,5 +1,5 @@
 """The response cache as the pipeline uses it: `lookup` before admission, `admitted` once
-admitted, `finish` at settlement.
+admitted (or `abandon` when refused), `finish` at settlement.
 
 A request the config does not cache costs one dict lookup (`Policies.get`): no hashing,
 no store round trip. One it caches costs one round trip to look up (which also takes the
@@ -16,16 +16,16 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
+from gateway.accounting.metering import Outcome, RequestContext, measured
 from gateway.cache.assemble import StreamAssembler
 from gateway.cache.coalesce import Coalescer, Flight
 from gateway.cache.entry import Entry
-from gateway.cache.keys import entry_key, namespace
 from gateway.cache.policy import Policies, RawHeaders, deterministic, directives
-from gateway.canonical import CanonicalRequest, Usage
+from gateway.cache.request_key import entry_key, namespace
+from gateway.canonical import CanonicalRequest
 from gateway.config import Config
-from gateway.metering import Ticket, measured
 from gateway.store import Store, StoreUnavailable, layout
 from policies.keys import Principal
 from policies.pricing import cost_nanos
@@ -64,6 +64,20 @@ class CacheTicket:
     entry: Entry | None = None  # the hit
     flight: Flight | None = None  # this miss leads a coalesced group: waiters await it
     assembler: StreamAssembler | None = None  # a streamed miss, assembled as it passes
+
+
+class CacheStage(Protocol):
+    """What the pipeline asks of the cache (`ResponseCache`, or it traced)."""
+
+    async def lookup(self, principal: Principal, req: CanonicalRequest,
+                     headers: RawHeaders) -> CacheTicket | None: ...
+
+    def admitted(self, ct: CacheTicket, req: CanonicalRequest) -> list[tuple[bytes, bytes]]:
+        ...
+
+    def abandon(self, ct: CacheTicket) -> None: ...
+
+    def finish(self, ct: CacheTicket, ctx: RequestContext, out: Outcome) -> None: ...
 
 
 class ResponseCache:
@@ -134,35 +148,31 @@ class ResponseCache:
         ct.entry, ct.flight = found.entry, found.flight
         return found.waited
 
-    def admitted(self, ct: CacheTicket, ticket: Ticket) -> None:
-        """The request was admitted: mark its response, and meter a hit as one."""
-        ticket.cache = ct
-        ticket.headers.append((b"x-turnout-cache", ct.outcome))
+    def admitted(self, ct: CacheTicket, req: CanonicalRequest) -> list[tuple[bytes, bytes]]:
+        """The request was admitted: the response headers that say what the cache did;
+        a streamed miss to store is assembled as it passes."""
+        headers = [(b"x-turnout-cache", ct.outcome)]
         entry = ct.entry
         if entry is not None:
-            ticket.cache_hit = True
-            ticket.usage = Usage()  # nothing generated: zero tokens, zero cost
-            ticket.saved_tokens = entry.usage.total_tokens
-            ticket.saved_cost_nanos = entry.cost_nanos
-            ticket.headers.append((b"age", b"%d" % max(0, time.time() - entry.created)))
-        elif ct.outcome == MISS and ticket.req.stream and (ct.store or ct.flight is not None):
-            ct.assembler = StreamAssembler(ticket.req.operation == "chat", ct.max_bytes)
+            headers.append((b"age", b"%d" % max(0, time.time() - entry.created)))
+        elif ct.outcome == MISS and req.stream and (ct.store or ct.flight is not None):
+            ct.assembler = StreamAssembler(req.operation == "chat", ct.max_bytes)
+        return headers
 
     def abandon(self, ct: CacheTicket) -> None:
         """Never admitted (refused, or failed before): let a waiter lead instead."""
         if ct.flight is not None:
             self._spawn(self.coalescer.finish(ct.flight, None, None, 0))
 
-    def finish(self, ticket: Ticket) -> None:
+    def finish(self, ct: CacheTicket, ctx: RequestContext, out: Outcome) -> None:
         """At settlement: store a successful miss's answer (errors and cut streams never),
         and end its coalesced group. The writes run in the background."""
-        ct = ticket.cache
-        if ct is None or ct.outcome != MISS:
+        if ct.outcome != MISS:
             return
-        entry = _answer(ticket, ct) if ticket.status == 200 else None
+        entry = _answer(ct, ctx, out) if out.status == 200 else None
         # A fallback model's answer stands in for this request (and its waiters here) only:
         # stored, it would be served for this model long after the model itself is back.
-        own = ticket.deployment is not None and ticket.deployment.model == ticket.req.model
+        own = out.deployment is not None and out.deployment.model == ctx.req.model
         value = entry.encode() if entry is not None and ct.store and own else None
         if value is not None and len(value) > ct.max_bytes:
             self.counters.too_large += 1
@@ -206,14 +216,14 @@ class ResponseCache:
             await asyncio.wait(list(self._tasks), timeout=timeout_s)
 
 
-def _answer(ticket: Ticket, ct: CacheTicket) -> Entry | None:
+def _answer(ct: CacheTicket, ctx: RequestContext, out: Outcome) -> Entry | None:
     """The complete answer a successful miss gave, with what it cost to generate."""
-    if ticket.deployment is None:
+    if out.deployment is None:
         return None
-    usage, _ = measured(ticket)
-    cost = cost_nanos(ticket.deployment, usage)
+    usage, _ = measured(ctx, out)
+    cost = cost_nanos(out.deployment, usage)
     if ct.assembler is not None:
         return ct.assembler.entry(usage, cost, time.time())
-    if ticket.body is None or ticket.req.stream:
+    if out.body is None or ctx.req.stream:
         return None
-    return Entry(ticket.body, usage, cost, time.time())
+    return Entry(out.body, usage, cost, time.time())

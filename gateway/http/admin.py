@@ -14,11 +14,11 @@ from urllib.parse import parse_qs
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway import usage
+from gateway.accounting import ledger
 from gateway.config import NAME_PATTERN, BudgetConfig, LimitsConfig, TeamConfig, format_errors
 from gateway.errors import GatewayError, bad_request
 from gateway.http.asgi import Receive, Scope, Send, header, read_body, send_response
-from gateway.http.openai_schema import error_body
+from gateway.http.openai_format import error_body
 from gateway.services import Services
 from gateway.store import layout
 from policies.budgets import Budget, period_id, to_usd
@@ -67,14 +67,14 @@ class AdminAPI:
         await send_response(send, status, payload, [], ctype)
 
     def _authorize(self, authorization: bytes | None) -> None:
-        accounts = self.services.accounts
+        authenticator = self.services.authenticator
         if authorization is None:
             raise GatewayError(401, "admin API: send `Authorization: Bearer ADMIN_KEY`",
                                code="invalid_api_key")
-        if not accounts.admin_enabled:
+        if not authenticator.admin_enabled:
             raise GatewayError(403, "the admin API is disabled: set auth.admin_key",
                                code="permission_denied")
-        if not accounts.is_admin(authorization):
+        if not authenticator.is_admin(authorization):
             raise GatewayError(403, "this key is not the admin key", code="permission_denied")
 
     async def _route(self, method: str, parts: tuple[str, ...], query: dict[str, str],
@@ -87,14 +87,14 @@ class AdminAPI:
         if parts[:1] == ("teams",) and len(parts) >= 2:
             return await self._team_route(method, parts[1], parts[2:], body)
         if route == ("GET", ("usage",), 1):
-            rows = await usage.rollups(self.services.store, await self._teams(query),
+            rows = await ledger.rollups(self.services.store, await self._teams(query),
                                        since=_day(query, "from"), until=_day(query, "to"),
                                        by=_dimensions(query.get("by")))
-            return 200, *usage.export(rows, _format(query, "json"))
+            return 200, *ledger.export(rows, _format(query, "json"))
         if route == ("GET", ("events",), 1):
-            rows = await usage.events(self.services.store, await self._teams(query),
+            rows = await ledger.events(self.services.store, await self._teams(query),
                                       after=query.get("after"), limit=_limit(query))
-            return 200, *usage.export(rows, _format(query, "jsonl"))
+            return 200, *ledger.export(rows, _format(query, "jsonl"))
         raise _not_found(f"admin route {method} /admin/{'/'.join(parts)}")
 
     async def _team_route(self, method: str, team: str, rest: tuple[str, ...],
@@ -177,10 +177,10 @@ def _body(raw: bytes) -> dict[str, Any]:
 
 def _dimensions(value: str | None) -> tuple[str, ...]:
     if not value:
-        return usage.DIMENSIONS
+        return ledger.DIMENSIONS
     dims = tuple(d.strip() for d in value.split(",") if d.strip())
-    if not dims or any(d not in usage.DIMENSIONS for d in dims):
-        raise bad_request(f"`by` takes a comma-separated subset of {', '.join(usage.DIMENSIONS)}",
+    if not dims or any(d not in ledger.DIMENSIONS for d in dims):
+        raise bad_request(f"`by` takes a comma-separated subset of {', '.join(ledger.DIMENSIONS)}",
                           param="by")
     return dims
 

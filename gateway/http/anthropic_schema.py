@@ -17,11 +17,10 @@ from typing import Any
 
 import orjson
 
-from adapters.openai import usage_from
-from gateway.canonical import CanonicalRequest, StreamChunk, Usage
+from gateway.canonical import CanonicalRequest, StreamChunk, Usage, usage_from_json
 from gateway.errors import GatewayError, bad_request
-from gateway.http.openai_schema import Check, at_least, between, check_fields, parse_json
-from gateway.sse import encode
+from gateway.http.validation import Check, at_least, between, check_fields, parse_json
+from gateway.wire.sse import encode
 
 # OpenAI finish_reason → Anthropic stop_reason: the inverse of adapters.anthropic's mapping.
 STOP_REASONS: dict[str, str] = {
@@ -302,7 +301,7 @@ def message_body(completion: bytes, model: str | None = None) -> bytes:
         "id": new_message_id(obj.get("id")), "type": "message", "role": "assistant",
         "content": content, "model": model or obj.get("model"),
         "stop_reason": stop_reason, "stop_sequence": stop_sequence,
-        "usage": _usage(usage_from(obj.get("usage"))),
+        "usage": _usage(usage_from_json(obj.get("usage"))),
     })
 
 
@@ -344,7 +343,7 @@ class StreamEncoder:
         if chunk.data:
             obj = orjson.loads(chunk.data)
             if self._usage is None:
-                self._usage = usage_from(obj.get("usage"))
+                self._usage = usage_from_json(obj.get("usage"))
             for choice in obj.get("choices") or []:
                 if choice.get("index", 0) == 0:  # Anthropic has no `n`
                     out += self._choice(choice)

@@ -1,15 +1,18 @@
-"""Operations endpoints: liveness, readiness, and the failover state (read-only)."""
+"""Operations endpoints: liveness, readiness, the failover state (read-only) and the
+Prometheus metrics."""
 
 from __future__ import annotations
 
 import asyncio
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.http.asgi import Receive, Scope, Send, send_response
 from gateway.services import Services
+from gateway.wire.base import get_status
 
 _PROBE_TIMEOUT_S = 1.0
 
@@ -26,11 +29,11 @@ class Readyz:
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        registry = self.services.pipeline.registry
+        registry = self.services.registry
         client = self.services.client
         roots = sorted({r for rs in registry.members.values() for r in rs})
         probes = await asyncio.gather(
-            *(client.get_status(r + "/health", _PROBE_TIMEOUT_S) for r in roots)
+            *(get_status(client, r + "/health", _PROBE_TIMEOUT_S) for r in roots)
         )
         healthy_pools = [r for r, status in zip(roots, probes, strict=True) if status == 200]
         providers = sorted({d.id for deps in registry.models.values() for d in deps
@@ -56,3 +59,16 @@ class FailoverDebug:
         failover = self.services.failover
         body = orjson.dumps(failover.snapshot() if failover is not None else {"enabled": False})
         await send_response(send, 200, body, [])
+
+
+class MetricsEndpoint:
+    """GET /metrics in the Prometheus text format (routed only while metrics are on)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics = self.services.telemetry.metrics
+        assert metrics is not None
+        await send_response(send, 200, metrics.render(), [],
+                            content_type=CONTENT_TYPE_LATEST.encode())

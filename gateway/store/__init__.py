@@ -13,11 +13,13 @@ from gateway.store.base import (
 )
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
+from gateway.wire.base import RedisConnection
 
 
-def open_store(redis_url: str | None, *, stream_maxlen: int = 1_000_000) -> Store:
-    if redis_url:
-        return RedisStore(redis_url, stream_maxlen=stream_maxlen)
+def open_store(redis: RedisConnection | None, *, stream_maxlen: int = 1_000_000) -> Store:
+    """Redis when there is a connection to it, else in-memory (one process)."""
+    if redis is not None:
+        return RedisStore(redis, stream_maxlen=stream_maxlen)
     return MemoryStore(stream_maxlen=min(stream_maxlen, 100_000))
 
 

@@ -1,5 +1,6 @@
-"""Redis store (our own pipelined RESP2 client, gateway/store/resp.py): shared by every
-worker and replica."""
+"""The Redis store: shared by every worker and replica. It speaks to Redis through a
+`RedisConnection` (gateway/wire/base.py): ours over RESP2 (gateway/wire/resp.py) unless the
+services pass another (measured, or a test's fake)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from gateway.store.base import (
     SettleArgs,
     StoreUnavailable,
 )
-from gateway.store.pubsub import Subscription
-from gateway.store.resp import Encoded, RespClient, RespError, Script, encode, encode_args
+from gateway.wire.base import Keys, RedisConnection, Script, ScriptCall, StableKeys, Subscription
+from gateway.wire.resp import RespError
 from policies.budgets import Budget
 from policies.ratelimits import LimitState
 
@@ -28,9 +29,10 @@ _LUA = Path(__file__).with_name("lua")
 _KEYS_CACHED = 10_000  # (team, settlement or not) whose script keys are kept encoded
 
 
-def _script(name: str, common: bool = True) -> str:
-    return ((_LUA / "common.lua").read_text() if common else "") + (
+def _script(name: str, common: bool = True) -> Script:
+    source = ((_LUA / "common.lua").read_text() if common else "") + (
         _LUA / f"{name}.lua").read_text()
+    return Script(name, source.encode())
 
 
 def _ms(ttl_s: float | None) -> int | None:
@@ -48,21 +50,16 @@ def _state(limit: int, remaining: int, reset_ms: int) -> LimitState | None:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, url: str, *, timeout_s: float = 1.0, stream_maxlen: int = 1_000_000
-                 ) -> None:
-        # One pipelined connection: no pool to check out from, and every call fails with
-        # StoreUnavailable within timeout_s when Redis is down or stalled (one quick retry
-        # for a connection gone stale, no backoff: the outage policy acts at once).
-        self._redis = RespClient(url, timeout_s=timeout_s)
+    def __init__(self, redis: RedisConnection, *, stream_maxlen: int = 1_000_000) -> None:
+        self._redis = redis
         self._stream_maxlen = stream_maxlen
-        self._admit = Script(_script("admit"))
-        self._settle = Script(_script("settle"))
-        self._lease = Script(_script("lease"))
-        self._url, self._timeout = url, timeout_s
-        self._cache_lookup = Script(_script("cache_lookup", False))
-        self._cache_fill = Script(_script("cache_fill", False))
-        self._cache_lock = Script(_script("cache_lock", False))
-        self._keys_cache: dict[tuple[str, bool], Encoded] = {}
+        self._admit = _script("admit")
+        self._settle = _script("settle")
+        self._lease = _script("lease")
+        self._cache_lookup = _script("cache_lookup", False)
+        self._cache_fill = _script("cache_fill", False)
+        self._cache_lock = _script("cache_lock", False)
+        self._keys_cache: dict[tuple[str, bool], Keys] = {}
 
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._redis.execute(b"GET", key)
@@ -103,10 +100,10 @@ class RedisStore:
                                          b"COUNT", count)
         return [(rid.decode(), _field(fields, b"e")) for rid, fields in rows]
 
-    def _keys(self, team: str, *, settle: bool = False) -> Encoded:
+    def _keys(self, team: str, *, settle: bool = False) -> Keys:
         """The keys of the admission and lease scripts (or, `settle`, of the settlement
-        script), encoded: the same for every request of a team, and a good part of the
-        encoding work, so kept (a bounded cache)."""
+        script): the same tuple for every request of a team, which the connection then
+        encodes once (a bounded cache)."""
         keys = self._keys_cache.get((team, settle))
         if keys is None:
             if len(self._keys_cache) >= _KEYS_CACHED:
@@ -114,7 +111,7 @@ class RedisStore:
             ledger = (layout.limiters(team), layout.budget(team), layout.reservations(team))
             names = ((*ledger, layout.rollup(team), layout.events(team)) if settle
                      else (layout.keys(team), *ledger))
-            keys = self._keys_cache[team, settle] = encode_args(names)
+            keys = self._keys_cache[team, settle] = StableKeys(names)
         return keys
 
     async def admit(self, args: AdmitArgs) -> AdmitResult:
@@ -133,7 +130,7 @@ class RedisStore:
         rpm = LIMITERS[index - 1][2] == "rpm"
         return AdmitResult(verdict, retry, *((state, None) if rpm else (None, state)))
 
-    def _settle_call(self, args: SettleArgs) -> tuple[Encoded, tuple[Any, ...]]:
+    def _settle_call(self, args: SettleArgs) -> ScriptCall:
         keys = self._keys(args.team, settle=True)
         argv = (args.key_id, args.reservation, args.token_delta, args.key_tpm, args.team_tpm,
                 args.cost_nanos, args.team_period, args.key_period, args.model,
@@ -141,15 +138,15 @@ class RedisStore:
                 int(args.cache_hit), int(args.error), int(args.estimated), args.event,
                 self._stream_maxlen, args.saved_tokens, args.saved_cost_nanos,
                 args.reserved_nanos)
-        return keys, argv
+        return ScriptCall(self._settle, keys, argv)
 
     async def settle(self, args: SettleArgs) -> None:
-        await self._redis.evalsha(self._settle, *self._settle_call(args))
+        call = self._settle_call(args)
+        await self._redis.evalsha(call.script, call.keys, call.args)
 
     async def settle_many(self, batch: Sequence[SettleArgs]) -> None:
         if batch:  # one write, one round trip; each EVALSHA atomic on its own
-            commands = [self._settle.command(*self._settle_call(a)) for a in batch]
-            await self._redis.execute_many(commands, self._settle)
+            await self._redis.execute_many([self._settle_call(a) for a in batch])
 
     async def lease(self, args: LeaseArgs) -> LeaseGrant:
         keys = self._keys(args.team)
@@ -172,8 +169,7 @@ class RedisStore:
 
     async def ack(self, key: str, ttl_ms: int) -> None:
         """Append one acknowledgement to list `key`, which lapses after `ttl_ms`."""
-        await self._redis.execute_many([encode((b"RPUSH", key, b"1")),
-                                        encode((b"PEXPIRE", key, ttl_ms))])
+        await self._redis.execute_many([(b"RPUSH", key, b"1"), (b"PEXPIRE", key, ttl_ms)])
 
     async def count(self, key: str) -> int:
         """The length of list `key` (0 when absent)."""
@@ -182,8 +178,7 @@ class RedisStore:
     def subscription(self, channel: str, on_message: Callable[[bytes], None],
                      on_down: Callable[[], None], on_up: Callable[[], None]) -> Subscription:
         """A subscription to `channel` on a connection of its own (not started)."""
-        return Subscription(self._url, channel, on_message, on_down, on_up,
-                            timeout_s=self._timeout)
+        return self._redis.subscription(channel, on_message, on_down, on_up)
 
     async def cache_lookup(self, key: str, lock: str, token: bytes,
                            lock_ttl_s: float) -> tuple[bytes | None, bool]:
@@ -200,9 +195,9 @@ class RedisStore:
 
     async def cache_renew(self, locks: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
         ttl_ms = _ms(ttl_s) or 1
-        commands = [self._cache_lock.command((lock,), (token, ttl_ms)) for lock, token in locks]
-        if commands:
-            await self._redis.execute_many(commands, self._cache_lock)
+        if locks:
+            await self._redis.execute_many([ScriptCall(self._cache_lock, (lock,), (token, ttl_ms))
+                                            for lock, token in locks])
 
     async def ping(self) -> bool:
         try:

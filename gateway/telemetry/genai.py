@@ -23,13 +23,7 @@ _FINISH = re.compile(rb'"finish_reason":\s*"([^"]*)"')
 
 def provider_name(dep: Deployment) -> str:
     """The convention's well-known values where one fits; self-hosted pools are vLLM."""
-    if dep.pool is not None:
-        return "vllm"
-    if dep.dialect == "anthropic":
-        return "anthropic"
-    if dep.dialect == "gemini":
-        return "gcp.gemini"
-    return "azure.ai.openai" if dep.target.options.get("auth") == "api-key" else "openai"
+    return "vllm" if dep.pool is not None else dep.capabilities.genai_provider
 
 
 @lru_cache(maxsize=1024)

@@ -1,9 +1,9 @@
 """Prometheus metrics, served at `GET /metrics`.
 
-Recorded once per request where its ticket settles (plus in-flight at admission), from
+Recorded once per request where it settles (plus in-flight at admission), from
 label children bound once per (model, deployment): the hot path does a dict lookup and a
 few increments, no label resolution. Failover counters and circuit states live in
-`gateway.failover` as plain integers; they are copied into Prometheus as requests settle
+`gateway.dispatch.failover` as plain integers; they are copied into Prometheus as requests settle
 and again at each scrape, so dispatch carries no metrics code.
 
 Several uvicorn workers: `turnout serve` points PROMETHEUS_MULTIPROC_DIR at a fresh folder
@@ -13,17 +13,15 @@ mode), and a scrape of any worker adds up all of them.
 
 from __future__ import annotations
 
-import inspect
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -33,12 +31,11 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway.accounting.metering import Outcome, RequestContext
 from gateway.cache import BYPASS, HIT, MISS
-from gateway.failover import Failover, FailoverCounters
-from gateway.http.asgi import Receive, Scope, Send, send_response
-from gateway.leases import Leases
-from gateway.metering import Ticket
-from gateway.store import RedisStore, SettleArgs, Store, StoreUnavailable
+from gateway.dispatch.failover import Failover, FailoverCounters
+from gateway.store import SettleArgs, StoreUnavailable
+from gateway.wire.base import Arg, Command, Keys, RedisConnection, Script, ScriptCall
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -70,7 +67,7 @@ class _Series:
 
 
 class Metrics:
-    def __init__(self, models: Iterable[str]) -> None:
+    def __init__(self, models: Iterable[str], failover: Failover | None) -> None:
         disable_created_metrics()  # no `_created` twin of every series: half the scrape
         folder = os.environ.get(MULTIPROC_ENV)
         self.multiprocess = bool(folder)
@@ -100,7 +97,7 @@ class Metrics:
         self.cost = Counter("turnout_cost_usd", "Cost metered (USD)", md, registry=r)
         self.cache = Counter("turnout_cache_lookups", "Response cache lookups",
                              ["model", "result"], registry=r)
-        self.failover = Counter("turnout_failover_events", "Failover events (gateway.failover)",
+        self.failover = Counter("turnout_failover_events", "Failover events",
                                 ["event"], registry=r)
         self.circuit = Gauge("turnout_circuit_state",
                              "Circuit breaker: 0 closed, 1 half-open, 2 open (worst worker)",
@@ -118,19 +115,11 @@ class Metrics:
                        for model in self.models for outcome in (HIT, MISS, BYPASS)}
         self._series: dict[tuple[str, str], _Series] = {}
         self._in_flight = {model: self.in_flight.labels(model) for model in self.models}
-        self._fo: Failover | None = None
+        self._fo = failover
         self._events = [(f.name, self.failover.labels(f.name.removesuffix("_total")))
                         for f in fields(FailoverCounters)]
         self._seen = dict.fromkeys((name for name, _ in self._events), 0)
         self._breakers_at = 0.0
-        self._leases: Leases | None = None
-        self._leased_seen = 0
-
-    def watch(self, failover: Failover | None) -> None:
-        self._fo = failover
-
-    def watch_leases(self, leases: Leases) -> None:
-        self._leases = leases
 
     def _of(self, model: str, deployment: str) -> _Series:
         series = self._series.get((model, deployment))
@@ -138,41 +127,40 @@ class Metrics:
             series = self._series[(model, deployment)] = _Series(self, model, deployment)
         return series
 
-    def admitted(self, model: str) -> None:
-        self._in_flight[model].inc()
+    def admitted(self, ctx: RequestContext) -> None:
+        self._in_flight[ctx.req.model].inc()
+        if ctx.from_lease:
+            self.leased.inc()
 
-    def settled(self, ticket: Ticket, args: SettleArgs, now: float) -> None:
-        req = ticket.req
-        dep = ticket.deployment.id if ticket.deployment is not None else ""
+    def settled(self, ctx: RequestContext, out: Outcome, args: SettleArgs, now: float) -> None:
+        req = ctx.req
+        dep = out.deployment.id if out.deployment is not None else ""
         s = self._of(req.model, dep)
-        status = ticket.status
+        status = out.status
         counter = s.by_status.get(status)
         if counter is None:
             counter = s.by_status[status] = self.requests.labels(req.model, dep, str(status))
         counter.inc()
-        elapsed = now - ticket.started
+        elapsed = now - out.started
         s.duration.observe(elapsed)
-        first = ticket.first_byte
+        first = out.first_byte
         if req.stream and first is not None:
-            ttft = first - ticket.started
+            ttft = first - out.started
             s.ttft.observe(ttft)
             if args.completion_tokens > 1:
                 s.tpot.observe((elapsed - ttft) / (args.completion_tokens - 1))
-        if ticket.upstream_s:
-            self.overhead.observe(max(0.0, (first or now) - ticket.started - ticket.upstream_s))
+        if out.upstream_s:
+            self.overhead.observe(max(0.0, (first or now) - out.started - out.upstream_s))
         if args.prompt_tokens:
             s.input.inc(args.prompt_tokens)
         if args.completion_tokens:
             s.output.inc(args.completion_tokens)
         if args.cost_nanos:
             s.cost.inc(args.cost_nanos / 1e9)
-        if ticket.cache is not None:
-            self._cache[(req.model, ticket.cache.outcome)].inc()
+        if out.cache is not None:
+            self._cache[(req.model, out.cache)].inc()
         if self._fo is not None:
             self._sync(now)
-        if self._leases is not None and self._leases.admitted != self._leased_seen:
-            self.leased.inc(self._leases.admitted - self._leased_seen)
-            self._leased_seen = self._leases.admitted
         # Last: a reader that sees nothing in flight sees every count above complete.
         self._in_flight[req.model].dec()
 
@@ -221,43 +209,40 @@ def multiprocess_dir() -> str | None:
     return folder
 
 
-class MetricsEndpoint:
-    """GET /metrics in the Prometheus text format."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_response(send, 200, self.metrics.render(), [],
-                            content_type=CONTENT_TYPE_LATEST.encode())
 
 
-def measure_store(store: Store, metrics: Metrics) -> None:
-    """Time every Redis operation of `store` (a no-op for the in-memory store).
+class MeasuredConnection:
+    """A Redis connection whose every round trip is timed (and its outages counted), by
+    operation: the script's name, or the command's. The store stays unaware of metrics."""
 
-    The store stays unaware of metrics: its public coroutine methods are wrapped on this
-    instance only, so a gateway with metrics off runs the store untouched.
-    """
-    if not isinstance(store, RedisStore):
-        return
-    for name, _ in inspect.getmembers(type(store), inspect.iscoroutinefunction):
-        if not name.startswith("_") and name != "close":
-            setattr(store, name, _timed(getattr(store, name), metrics, name))
+    def __init__(self, inner: RedisConnection, metrics: Metrics) -> None:
+        self._inner = inner
+        self._duration = metrics.redis_duration
+        self._errors = metrics.redis_errors
+        self.subscription = inner.subscription
+        self.close = inner.close
 
+    async def execute(self, *args: Arg) -> Any:
+        op = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+        return await self._timed(op.lower(), self._inner.execute(*args))
 
-def _timed(fn: Callable[..., Awaitable[Any]], metrics: Metrics,
-           op: str) -> Callable[..., Awaitable[Any]]:
-    duration = metrics.redis_duration.labels(op)
-    errors = metrics.redis_errors.labels(op)
+    async def evalsha(self, script: Script, keys: Keys, args: Sequence[Arg], *,
+                      once: bool = False) -> Any:
+        return await self._timed(script.name, self._inner.evalsha(script, keys, args,
+                                                                   once=once))
 
-    async def call(*args: Any, **kwargs: Any) -> Any:
+    async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
+        first = commands[0] if commands else None
+        op = first.script.name if isinstance(first, ScriptCall) else "pipeline"
+        replies: list[Any] = await self._timed(op, self._inner.execute_many(commands))
+        return replies
+
+    async def _timed(self, op: str, call: Awaitable[Any]) -> Any:
         started = time.perf_counter()
         try:
-            return await fn(*args, **kwargs)
+            return await call
         except StoreUnavailable:
-            errors.inc()
+            self._errors.labels(op).inc()
             raise
         finally:
-            duration.observe(time.perf_counter() - started)
-
-    return call
+            self._duration.labels(op).observe(time.perf_counter() - started)

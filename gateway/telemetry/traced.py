@@ -1,6 +1,7 @@
-"""The pipeline steps with child spans: admission, the routing decision, each upstream
-attempt. Subclasses, swapped in by `Telemetry` only when tracing is on, so the steps
-themselves carry no tracing code and cost nothing extra when it is off.
+"""The pipeline's stages with child spans: the cache lookup, admission, the routing
+decision, each upstream attempt. Decorators that the services wrap around the stages only
+when tracing is on, so the stages themselves carry no tracing code and cost nothing extra
+when it is off.
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ from contextlib import contextmanager
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from gateway.admission import Admission
-from gateway.attempts import Attempt, AttemptRunner
-from gateway.cache import CacheTicket, ResponseCache
+from gateway.accounting.admission import AdmissionStage
+from gateway.accounting.metering import RequestContext
+from gateway.cache import CacheStage, CacheTicket
 from gateway.cache.policy import RawHeaders
 from gateway.canonical import CanonicalRequest, Deployment, UpstreamFailure, UpstreamRequest
-from gateway.config import Config
+from gateway.dispatch.attempts import Attempt
 from gateway.errors import GatewayError
-from gateway.metering import Ticket
-from gateway.routing import Router
+from gateway.planner import PlanStage
 from gateway.telemetry import genai
 from gateway.telemetry.tracing import RequestTrace, current
 from policies.breakers import Breaker
@@ -47,48 +47,59 @@ def _step(tracer: Tracer, name: str) -> Iterator[Span]:
         span.end()
 
 
-class TracedAdmission(Admission):
-    tracer: Tracer
+class TracedAdmission:
+    """Admission with a span."""
+
+    def __init__(self, inner: AdmissionStage, tracer: Tracer) -> None:
+        self._inner = inner
+        self._tracer = tracer
 
     async def admit(self, principal: Principal, req: CanonicalRequest,
-                    deployments: Sequence[Deployment]) -> Ticket:
-        with _step(self.tracer, "turnout.admission") as span:
+                    deployments: Sequence[Deployment]) -> RequestContext:
+        with _step(self._tracer, "turnout.admission") as span:
             span.set_attribute("turnout.team", principal.team)
-            ticket = await super().admit(principal, req, deployments)
-            span.set_attribute("turnout.reserved_tokens", ticket.reserved_tokens)
-            return ticket
+            ctx = await self._inner.admit(principal, req, deployments)
+            span.set_attribute("turnout.reserved_tokens", ctx.reserved_tokens)
+            return ctx
 
-    async def admit_hit(self, principal: Principal, req: CanonicalRequest) -> Ticket:
-        with _step(self.tracer, "turnout.admission") as span:
+    async def admit_hit(self, principal: Principal, req: CanonicalRequest) -> RequestContext:
+        with _step(self._tracer, "turnout.admission") as span:
             span.set_attribute("turnout.team", principal.team)
-            return await super().admit_hit(principal, req)
+            return await self._inner.admit_hit(principal, req)
 
 
-class TracedCache(ResponseCache):
-    tracer: Tracer
+class TracedCache:
+    """The response cache with its lookup as a span."""
+
+    def __init__(self, inner: CacheStage, tracer: Tracer) -> None:
+        self._inner = inner
+        self._tracer = tracer
+        self.admitted = inner.admitted
+        self.abandon = inner.abandon
+        self.finish = inner.finish
 
     async def lookup(self, principal: Principal, req: CanonicalRequest,
                      headers: RawHeaders) -> CacheTicket | None:
-        with _step(self.tracer, "turnout.cache") as span:
-            found = await super().lookup(principal, req, headers)
+        with _step(self._tracer, "turnout.cache") as span:
+            found = await self._inner.lookup(principal, req, headers)
             span.set_attribute("turnout.cache.result",
                                found.outcome.decode() if found is not None else "off")
             return found
 
 
-class TracedRouter(Router):
+class TracedPlanner:
     """The routing decision as a span: every candidate with its score, the choice, why."""
 
-    def __init__(self, cfg: Config, board: Scoreboard, tracer: Tracer) -> None:
-        super().__init__(cfg, board)
-        self.tracer = tracer
+    def __init__(self, inner: PlanStage, tracer: Tracer) -> None:
+        self._inner = inner
+        self._tracer = tracer
 
     def plan(self, req: CanonicalRequest, deployments: Sequence[Deployment], hints: RouteHints,
              *, team_slo_ms: float | None = None, team_priority: int = 0,
              shed: bool = True) -> Plan:
-        with _step(self.tracer, "turnout.route") as span:  # a shed request: 429 on it
-            plan = super().plan(req, deployments, hints, team_slo_ms=team_slo_ms,
-                                team_priority=team_priority, shed=shed)
+        with _step(self._tracer, "turnout.route") as span:  # a shed request: 429 on it
+            plan = self._inner.plan(req, deployments, hints, team_slo_ms=team_slo_ms,
+                                    team_priority=team_priority, shed=shed)
             attrs: genai.Attributes = {
                 "gen_ai.request.model": req.model, "turnout.policy": plan.policy,
                 "turnout.reason": plan.reason, "turnout.choice": plan.candidates[0].id,
@@ -146,28 +157,25 @@ class TracedAttempt(Attempt):
             self.span.add_event("gen_ai.first_token", {"turnout.ttft_s": self.ttft}, when)
 
 
-class TracedRunner(AttemptRunner):
-    """Opens a CLIENT span per upstream attempt and sends its W3C context upstream."""
+class TracedAttempts:
+    """Makes each upstream attempt's record (`NewAttempt`) with a CLIENT span, and sends
+    its W3C trace context upstream."""
 
-    def __init__(self, runner: AttemptRunner, tracer: Tracer) -> None:
-        super().__init__(runner.client, runner.board, runner.timeouts, runner.breakers)
-        self.tracer = tracer
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
 
-    def _attempt(self, dep: Deployment, probe: bool,
-                 ureq: UpstreamRequest | None = None) -> Attempt:
+    def __call__(self, board: Scoreboard, dep: Deployment, breaker: Breaker | None,
+                 probe: bool, ureq: UpstreamRequest) -> Attempt:
         request = current()
         if request is not None and not request.recording:
             # Sampled out: no span, but the upstream still gets the trace (unsampled).
-            if ureq is not None:
-                propagate.inject(ureq.headers, context=request.context)
-            return super()._attempt(dep, probe, ureq)
+            propagate.inject(ureq.headers, context=request.context)
+            return Attempt(board, dep, breaker, probe)
         attrs = genai.attempt_attributes(dep, request.next_attempt() if request else 1, probe)
         if request is not None:
             attrs.update(request.attempt_attributes(dep))
-        span = self.tracer.start_span(f"{attrs.get('gen_ai.operation.name', 'chat')} "
-                                      f"{dep.target.upstream_model}", kind=SpanKind.CLIENT,
-                                      attributes=attrs)
-        if ureq is not None:
-            propagate.inject(ureq.headers, context=trace.set_span_in_context(span))
-        breaker = self.breakers.get(dep) if self.breakers is not None else None
-        return TracedAttempt(self.board, dep, breaker, probe, span, request)
+        span = self._tracer.start_span(f"{attrs.get('gen_ai.operation.name', 'chat')} "
+                                       f"{dep.target.upstream_model}", kind=SpanKind.CLIENT,
+                                       attributes=attrs)
+        propagate.inject(ureq.headers, context=trace.set_span_in_context(span))
+        return TracedAttempt(board, dep, breaker, probe, span, request)

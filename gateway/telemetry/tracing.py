@@ -34,11 +34,11 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from gateway.accounting.metering import Outcome, RequestContext
 from gateway.canonical import CanonicalRequest, Deployment, Operation, StreamChunk
 from gateway.config import TracingConfig
-from gateway.continuation import read_partial
+from gateway.dispatch.continuation import read_partial
 from gateway.http.asgi import Scope
-from gateway.metering import Ticket
 from gateway.store import SettleArgs
 from gateway.telemetry import genai
 from policies.budgets import to_usd
@@ -125,6 +125,12 @@ class Tracing:
         self.tracer: Tracer = provider.get_tracer("turnout")
         self.capture_teams = frozenset(cfg.capture_content)
 
+    @classmethod
+    def build(cls, cfg: TracingConfig) -> Tracing | None:
+        """Tracing as configured; None when it is off."""
+        provider = build_provider(cfg)
+        return cls(cfg, provider) if provider is not None else None
+
     def begin(self, scope: Scope, op: Operation) -> RequestTrace:
         return RequestTrace(self, scope, op)
 
@@ -159,7 +165,7 @@ def current() -> RequestTrace | None:
 class RequestTrace:
     """One request's server span, and what the end of the request sets on it."""
 
-    __slots__ = ("_token", "attempts", "capture", "context", "first", "op", "plan", "reasons",
+    __slots__ = ("_token", "attempts", "capture", "context", "first", "op", "reasons",
                  "recording", "req", "seen", "span", "tracing", "winner")
 
     def __init__(self, tracing: Tracing, scope: Scope, op: Operation) -> None:
@@ -177,7 +183,6 @@ class RequestTrace:
         self._token: object | None = context.attach(self.context)
         self.attempts = 0
         self.req: CanonicalRequest | None = None
-        self.plan: Plan | None = None
         self.capture = False  # record prompt and completion (the team opted in)
         self.first: bytes | None = None  # a stream's first chunk (response id, model)
         self.reasons: list[str] = []  # a stream's finish reasons
@@ -192,10 +197,9 @@ class RequestTrace:
     def trace_id(self) -> str:
         return format(self.span.get_span_context().trace_id, "032x")
 
-    def admitted(self, ticket: Ticket, plan: Plan) -> None:
-        self.req = ticket.req
-        self.plan = plan
-        self.capture = ticket.principal.team in self.tracing.capture_teams
+    def admitted(self, ctx: RequestContext) -> None:
+        self.req = ctx.req
+        self.capture = ctx.principal.team in self.tracing.capture_teams
         if self.capture:
             self.seen = []
 
@@ -227,35 +231,36 @@ class RequestTrace:
             self.winner[0].end(self.winner[1])
         self.winner = (span, time.time_ns())
 
-    def finish(self, ticket: Ticket, args: SettleArgs) -> None:
-        req = ticket.req
+    def finish(self, ctx: RequestContext, out: Outcome, args: SettleArgs,
+               plan: Plan | None) -> None:
+        req = ctx.req
         span = self.span
         if not self.recording:  # sampled out: its context still went upstream
-            self._end(req, ticket.status, None)
+            self._end(req, out.status, None)
             return
         attrs = genai.request_attributes(req, req.model)
         usage = genai.usage_attributes(args.prompt_tokens, args.completion_tokens)
         attrs.update(usage)
-        answer = self.first if req.stream else ticket.body
-        response = genai.response_attributes(answer, self.reasons or _reasons(ticket.body))
+        answer = self.first if req.stream else out.body
+        response = genai.response_attributes(answer, self.reasons or _reasons(out.body))
         attrs.update(response)
         attrs.update({
-            "turnout.request_id": req.request_id, "turnout.team": ticket.principal.team,
-            "turnout.stream": req.stream, "turnout.retries": ticket.retries,
-            "turnout.cache": ticket.cache.outcome.decode() if ticket.cache else "off",
+            "turnout.request_id": req.request_id, "turnout.team": ctx.principal.team,
+            "turnout.stream": req.stream, "turnout.retries": out.retries,
+            "turnout.cache": out.cache.decode() if out.cache is not None else "off",
             "turnout.cost_usd": to_usd(args.cost_nanos), "turnout.estimated_usage": args.estimated,
-            "http.response.status_code": ticket.status})
-        if ticket.deployment is not None:
-            attrs["turnout.deployment"] = ticket.deployment.id
-            attrs["gen_ai.provider.name"] = genai.provider_name(ticket.deployment)
-        if self.plan is not None:
-            attrs["turnout.policy"] = self.plan.policy
-            attrs["turnout.reason"] = self.plan.reason
+            "http.response.status_code": out.status})
+        if out.deployment is not None:
+            attrs["turnout.deployment"] = out.deployment.id
+            attrs["gen_ai.provider.name"] = genai.provider_name(out.deployment)
+        if plan is not None:
+            attrs["turnout.policy"] = plan.policy
+            attrs["turnout.reason"] = plan.reason
         if self.capture:
             attrs["gen_ai.input.messages"] = genai.input_messages(req)
             attrs["gen_ai.output.messages"] = (
                 genai.output_messages(read_partial(self.seen or []).text) if req.stream
-                else genai.body_output_messages(ticket.body or b""))
+                else genai.body_output_messages(out.body or b""))
         span.set_attributes(attrs)
         if self.winner is not None:
             winner, end = self.winner
@@ -263,7 +268,7 @@ class RequestTrace:
             winner.set_attributes(response)
             winner.end(end)
             self.winner = None
-        self._end(req, ticket.status, None)
+        self._end(req, out.status, None)
 
     def refused(self, status: int, code: str | None, req: CanonicalRequest | None,
                 principal: Principal | None) -> None:

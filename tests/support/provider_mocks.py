@@ -41,7 +41,7 @@ from gateway.canonical import (
     UpstreamFailure,
     Usage,
 )
-from gateway.sse import SSEParser
+from gateway.wire.sse import SSEParser
 from selfhost.sim import Simulator, ThreadedSim, serve
 
 # -- scripting ---------------------------------------------------------------------------------

@@ -1,0 +1,272 @@
+"""Admission: who is asking (authentication) and whether the request may go ahead (rate
+limits and budgets), in one store round trip or none.
+
+**Authentication** turns a bearer key into a `Principal` (team, priority, limits, allowed
+models). Keys are stored hashed; a lookup is cached in-process for `auth.cache_ttl_s`, so
+the hot path does no store round trip for it, and a change announced by `invalidation.py`
+drops what was cached at once.
+
+**Admission** reserves the request's estimated tokens (prompt estimate + its output
+limit) on the key's and team's TPM limiters, one request on the RPM limiters, and its
+worst-case cost (the dearest deployment of its model, fallbacks included) on the budgets;
+`metering.py` settles all of it to the real figures afterwards. Anonymous requests (no
+keys configured) skip this. With Redis, a key's requests are admitted from its lease when
+this process holds one (`lease_holder.py`: a share of the same limits and budgets, taken
+from the store ahead of need), and by the store, one round trip each, otherwise.
+
+When the store is unreachable, `admission.on_store_outage` decides: `fail-closed`
+refuses with 503; `fail-open` admits against per-process limiters (the same GCRA, in
+memory; budgets cannot be checked without the shared ledger, so they are not) and the
+usage is recorded once the store is back. After a failure the store is not asked again
+for `_RETRY_S`, so an outage does not cost every request a connect timeout.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from gateway.accounting.accounts import lookup_principal
+from gateway.accounting.invalidation import Change
+from gateway.accounting.lease_holder import LeaseHolder
+from gateway.accounting.metering import RequestContext
+from gateway.canonical import CanonicalRequest, Deployment
+from gateway.config import AdmissionConfig
+from gateway.errors import GatewayError
+from gateway.store import AdmitArgs, AdmitResult, MemoryStore, Store, StoreUnavailable
+from policies import ratelimits
+from policies.keys import ANONYMOUS, Principal, hash_key
+from policies.pricing import max_output_tokens, prompt_tokens, worst_case_nanos
+from policies.ratelimits import Limits
+
+log = logging.getLogger("turnout.admission")
+
+_RETRY_S = 1.0
+_KIND = {"rpm": "requests", "tpm": "tokens"}
+_CACHE_MAX = 10_000  # random keys sprayed at us must not grow the cache without bound
+
+
+def reservation_ttl_ms(cfg: AdmissionConfig, total_timeout_s: float) -> int:
+    """How long a reservation lives: longer than any request that can still settle it."""
+    return int(1000 * (cfg.reservation_ttl_s or total_timeout_s + 60))
+
+
+def unauthorized(message: str) -> GatewayError:
+    return GatewayError(401, message, code="invalid_api_key")
+
+
+def bearer(authorization: bytes | None) -> str | None:
+    if authorization is None or authorization[:7].lower() != b"bearer ":
+        return None
+    return authorization[7:].strip().decode("latin-1") or None
+
+
+class Authenticator:
+    """Bearer key → Principal, cached; a `Listener` of invalidations."""
+
+    def __init__(self, store: Store, *, required: bool, admin_key: str | None,
+                 cache_ttl_s: float, declared: dict[str, Principal]) -> None:
+        self.store = store
+        self.required = required
+        self._admin = hash_key(admin_key) if admin_key else None
+        self._ttl = cache_ttl_s
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._declared = declared  # config keys: they authenticate while the store is down
+        self._generation = 0  # bumped by every forget: a lookup begun before is not cached
+
+    async def authenticate(self, authorization: bytes | None,
+                           api_key: bytes | None = None) -> Principal:
+        """From `Authorization: Bearer KEY`, or a surface's own header (Anthropic's
+        `x-api-key`) passed as `api_key`."""
+        if not self.required:
+            return ANONYMOUS
+        key = bearer(authorization) or (api_key.decode("latin-1").strip() if api_key else None)
+        if not key:
+            raise unauthorized("You didn't provide an API key: send `Authorization: Bearer KEY`.")
+        digest = hash_key(key)
+        hit = self._cache.get(digest)
+        now = time.monotonic()
+        if hit is None or hit[0] <= now:
+            generation = self._generation
+            try:
+                principal = await lookup_principal(self.store, digest)
+            except StoreUnavailable as err:
+                log.warning("key lookup: %s", err)
+                # A stale entry beats refusing: admission then applies the outage policy.
+                known = hit[1] if hit is not None else self._declared.get(digest)
+                if known is not None:
+                    return known
+                raise GatewayError(503, "the key store is unavailable; try again shortly",
+                                   type="server_error", code="store_unavailable") from None
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            if generation == self._generation:  # else a change it may predate came since
+                self._cache[digest] = (now + self._ttl, principal)
+        else:
+            principal = hit[1]
+        if principal is None:
+            raise unauthorized("Incorrect API key provided.")
+        return principal
+
+    @property
+    def admin_enabled(self) -> bool:
+        return self._admin is not None
+
+    def is_admin(self, authorization: bytes | None) -> bool:
+        key = bearer(authorization)
+        return bool(self._admin and key and hmac.compare_digest(self._admin, hash_key(key)))
+
+    # -- invalidations ---------------------------------------------------------------------
+
+    def changed(self, change: Change) -> None:
+        """Drop this process's cached principals of a changed team or key."""
+        self._generation += 1
+        if change.key_hash is not None:
+            self._cache.pop(change.key_hash, None)
+        for digest, (_, p) in list(self._cache.items()):
+            if p is not None and p.team == change.team and change.key_id in (None, p.key_id):
+                del self._cache[digest]
+
+    def down(self) -> None:
+        self._forget_all()
+
+    def up(self) -> None:
+        self._forget_all()
+
+    def _forget_all(self) -> None:
+        self._generation += 1
+        self._cache.clear()
+
+
+class AdmissionStage(Protocol):
+    """What the pipeline asks of admission (`Admission`, or it traced)."""
+
+    async def admit(self, principal: Principal, req: CanonicalRequest,
+                    deployments: Sequence[Deployment]) -> RequestContext: ...
+
+    async def admit_hit(self, principal: Principal, req: CanonicalRequest) -> RequestContext:
+        ...
+
+
+class Admission:
+    def __init__(self, store: Store, cfg: AdmissionConfig, ttl_ms: int,
+                 leases: LeaseHolder | None = None) -> None:
+        self.store = store
+        self.fail_open = cfg.on_store_outage == "fail-open"
+        self.fallback = Limits(**cfg.fallback.model_dump()) if cfg.fallback else None
+        self.default_max_tokens = cfg.default_max_tokens
+        self.ttl_ms = ttl_ms
+        self.leases = leases  # None: one store round trip per request
+        self._local = MemoryStore(stream_maxlen=1000)
+        self._down_until = 0.0
+        self._why = ""
+
+    async def admit(self, principal: Principal, req: CanonicalRequest,
+                    deployments: Sequence[Deployment]) -> RequestContext:
+        prompt = prompt_tokens(req.operation, req.body)
+        output = max_output_tokens(req.operation, req.body, self.default_max_tokens)
+        if principal.anonymous:
+            return RequestContext(principal, req, prompt, output, 0, ())
+        budgeted = principal.team_budget is not None or principal.key_budget is not None
+        tokens = prompt + output
+        cost = worst_case_nanos(deployments, prompt, output) if budgeted else 0
+        leases = self.leases
+        if leases is not None and (lease := leases.take(principal, tokens, cost)):
+            headers = ratelimits.headers(*lease.states(time.monotonic(), tokens))
+            return RequestContext(principal, req, prompt, output, tokens, tuple(headers),
+                                  lease.id, cost, from_lease=True)
+        args = AdmitArgs(
+            team=principal.team, key_id=principal.key_id, request_id=req.request_id,
+            check_key=True, key_limits=principal.key_limits, team_limits=principal.team_limits,
+            tokens=tokens, team_budget=principal.team_budget, key_budget=principal.key_budget,
+            cost_nanos=cost, ttl_ms=self.ttl_ms)
+        return await self._decide_context(args, principal, req, prompt, output)
+
+    async def admit_hit(self, principal: Principal, req: CanonicalRequest) -> RequestContext:
+        """A request the response cache answers. It counts against the RPM limits (it is a
+        request the key made) but reserves no tokens and no budget, and an exhausted budget
+        does not refuse it: it generates nothing and costs nothing."""
+        if principal.anonymous:
+            return RequestContext(principal, req, 0, 0, 0, ())
+        leases = self.leases
+        if leases is not None and (lease := leases.take(principal, 0, 0, start=False)):
+            headers = ratelimits.headers(*lease.states(time.monotonic(), 0))
+            return RequestContext(principal, req, 0, 0, 0, tuple(headers), lease.id,
+                                  from_lease=True)
+        p = principal
+        args = AdmitArgs(team=p.team, key_id=p.key_id, request_id=req.request_id,
+                         check_key=True, key_limits=Limits(rpm=p.key_limits.rpm),
+                         team_limits=Limits(rpm=p.team_limits.rpm), tokens=0,
+                         team_budget=None, key_budget=None, cost_nanos=0, ttl_ms=self.ttl_ms)
+        return await self._decide_context(args, principal, req, 0, 0)
+
+    async def _decide_context(self, args: AdmitArgs, principal: Principal,
+                              req: CanonicalRequest, prompt: int, output: int
+                              ) -> RequestContext:
+        result, shared = await self._decide(args)
+        leases = self.leases
+        if (result.refused and shared and result.refused != "revoked" and result.retry_ms >= 0
+                and leases is not None and leases.held(principal)):
+            # This process's own lease may hold what the request needs (unless the key is
+            # gone or the request can never fit): return it, ask again.
+            await leases.give_back(principal)
+            result, shared = await self._decide(args)
+        if result.refused:
+            raise refusal(result, principal)
+        return RequestContext(principal, req, prompt, output, args.tokens if shared else 0,
+                              tuple(ratelimits.headers(result.requests, result.tokens)),
+                              req.request_id, args.cost_nanos if shared else 0)
+
+    async def _decide(self, args: AdmitArgs) -> tuple[AdmitResult, bool]:
+        """(verdict, whether the shared store made it)."""
+        if time.monotonic() >= self._down_until:
+            try:
+                return await self.store.admit(args), True
+            except StoreUnavailable as err:
+                log.warning("admission: %s; applying %s for %gs", err,
+                            "fail-open" if self.fail_open else "fail-closed", _RETRY_S)
+                self._down_until = time.monotonic() + _RETRY_S
+                self._why = str(err)
+        if not self.fail_open:
+            raise GatewayError(503, f"the rate-limit store is unavailable ({self._why}) and the"
+                               " gateway is configured to fail closed; try again shortly",
+                               type="server_error", code="store_unavailable",
+                               headers={"retry-after": str(int(_RETRY_S))})
+        args.check_key, args.team_budget, args.key_budget, args.cost_nanos = (
+            False, None, None, 0)
+        if self.fallback is not None:
+            args.key_limits = args.team_limits = self.fallback
+        return await self._local.admit(args), False
+
+
+def refusal(result: AdmitResult, p: Principal) -> GatewayError:
+    if result.refused == "revoked":
+        return GatewayError(401, "This API key has been revoked.", code="invalid_api_key")
+    if result.refused.endswith("budget"):
+        whose = f"key {p.key_id}" if result.refused == "key_budget" else f"team {p.team}"
+        budget = p.key_budget if result.refused == "key_budget" else p.team_budget
+        period = budget.period if budget else ""
+        return GatewayError(429, f"{whose} has exhausted its {period} budget"
+                            f" (${budget.usd if budget else 0:g}); this request's worst-case"
+                            " cost does not fit in what is left", type="insufficient_quota",
+                            code="insufficient_quota")
+    scope, kind = result.refused.split("_")
+    who = f"key {p.key_id}" if scope == "key" else f"team {p.team}"
+    state = result.requests or result.tokens
+    limit = state.limit if state else 0
+    headers = dict((k.decode(), v.decode())
+                   for k, v in ratelimits.headers(result.requests, result.tokens))
+    if result.retry_ms < 0:
+        message = (f"Request too large for {who}: it needs more {_KIND[kind]} than the"
+                   f" limit of {limit} per minute")
+    else:
+        headers["retry-after"] = str(max(1, math.ceil(result.retry_ms / 1000)))
+        headers["retry-after-ms"] = str(int(result.retry_ms))
+        message = (f"Rate limit reached for {_KIND[kind]} per minute on {who}: limit {limit}."
+                   f" Please try again in {ratelimits.duration(result.retry_ms)}.")
+    return GatewayError(429, message, type=_KIND[kind], code="rate_limit_exceeded",
+                        headers=headers)

@@ -1,0 +1,150 @@
+"""One upstream attempt as dispatch keeps account of it: its clock and its single report
+to the scoreboard (routing) and the deployment's circuit breaker, and what it cost.
+
+The attempt itself (send, wait, read) is `AttemptRunner` in `dispatcher.py`; retries,
+fallbacks, hedging and continuation are built from attempts (`run.py`, `hedging.py`,
+`continuation.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from adapters.base import StreamTranslator
+from gateway.canonical import (
+    Deployment,
+    ErrorClass,
+    FailureKind,
+    StreamChunk,
+    UpstreamFailure,
+    UpstreamRequest,
+    Usage,
+)
+from gateway.wire.base import HttpResponse
+from gateway.wire.sse import SSEParser
+from policies.breakers import Breaker
+from policies.scoreboard import DeploymentStats, Scoreboard
+
+
+def misconfigured(failure: UpstreamFailure) -> bool:
+    """401/402/403/404 from an upstream: its key, billing or model name is wrong. That is
+    the deployment's fault, not the request's (`gateway.errors` answers 502 for it): fail
+    over, and count it against the deployment's circuit."""
+    return failure.kind is FailureKind.REJECTED and failure.status in (401, 402, 403, 404)
+
+
+def final(failure: UpstreamFailure) -> bool:
+    """No other attempt can change the answer (content policy, a bad request...)."""
+    return failure.error_class is ErrorClass.FINAL and not misconfigured(failure)
+
+
+@dataclass(slots=True)
+class AttemptRecord:
+    """What one upstream attempt cost, for metering: every attempt that reached an
+    upstream is billed there, whether or not its answer reached the client."""
+
+    deployment: Deployment
+    outcome: str  # "ok" | "failed" | "hedge_lost" | "cut" (a stream continued elsewhere)
+    usage: Usage | None = None  # None: the upstream reported nothing (metering may estimate)
+    estimated: bool = False  # usage counted or derived by us, not reported upstream
+
+
+@dataclass(slots=True)
+class Completed:
+    body: bytes
+    usage: Usage | None
+    deployment: Deployment
+    history: list[AttemptRecord] | None = None  # set when more than one attempt was made
+
+    @property
+    def attempts(self) -> list[AttemptRecord]:
+        """Every upstream attempt with its usage; the last one is the answer."""
+        if self.history is None:
+            return [AttemptRecord(self.deployment, "ok", self.usage)]
+        return self.history
+
+
+class Attempt:
+    """One request to one deployment: its clock and its single report."""
+
+    __slots__ = ("board", "breaker", "deployment", "probe", "reported", "started", "stats",
+                 "ttft")
+
+    def __init__(self, board: Scoreboard, deployment: Deployment,
+                 breaker: Breaker | None = None, probe: bool = False) -> None:
+        self.board = board
+        self.deployment = deployment
+        self.breaker = breaker
+        self.probe = probe  # this attempt is its half-open circuit's probe
+        self.stats: DeploymentStats = board.started(deployment)
+        self.started = time.perf_counter()
+        self.ttft: float | None = None
+        self.reported = False
+
+    def succeeded(self, chunks: int = 0) -> None:
+        self.reported = True
+        e2e = time.perf_counter() - self.started
+        itl = None
+        if self.ttft is not None and chunks > 1:
+            itl = (e2e - self.ttft) / (chunks - 1)
+        self.board.succeeded(self.stats, e2e_s=e2e, streamed=self.ttft is not None, itl_s=itl)
+        if self.breaker is not None:
+            self.breaker.success(self.board.clock(), self.probe)
+
+    def failed(self, err: BaseException) -> None:
+        if self.reported:
+            return
+        self.reported = True
+        if isinstance(err, UpstreamFailure):
+            err.deployment = err.deployment or self.deployment.id
+            self.board.failed(self.stats, err.message,
+                              timeout=err.kind is FailureKind.TIMEOUT,
+                              upstream_fault=err.error_class is ErrorClass.RETRYABLE)
+            if self.breaker is not None:
+                self._judge(self.breaker, err)
+        else:  # cancelled: the client went away (or a hedge lost): nothing about the upstream
+            self.board.failed(self.stats, type(err).__name__, upstream_fault=False)
+            if self.breaker is not None:
+                self.breaker.release(self.probe)
+
+    def _judge(self, breaker: Breaker, err: UpstreamFailure) -> None:
+        now = self.board.clock()
+        if err.retry_after:
+            breaker.block(now, err.retry_after)
+        if final(err):
+            # It answered, sensibly: the request was wrong for it, the upstream is up.
+            breaker.success(now, self.probe)
+        elif err.kind is FailureKind.RATE_LIMITED and err.retry_after:
+            breaker.release(self.probe)  # throttling, not broken: the block is the answer
+        else:
+            breaker.failure(now, self.probe, f"{err.kind.value}: {err.message}"[:200])
+
+
+@dataclass(slots=True)
+class Segment:
+    """An upstream stream whose first chunks have arrived (one per continuation)."""
+
+    attempt: Attempt
+    resp: HttpResponse
+    translator: StreamTranslator
+    parser: SSEParser
+    first: list[StreamChunk]
+
+    def discard(self) -> None:
+        """Drop it unread (a hedge that lost): the upstream sees the request end."""
+        self.resp.close()
+        self.attempt.failed(asyncio.CancelledError())
+
+
+# Makes each attempt's record: `Attempt` itself, or a subclass that also traces it
+# (gateway/telemetry/traced.py), chosen by the services. `UpstreamRequest`: what is about
+# to be sent, so a tracer can add its trace context to the headers.
+NewAttempt = Callable[[Scoreboard, Deployment, Breaker | None, bool, UpstreamRequest], Attempt]
+
+
+def new_attempt(board: Scoreboard, deployment: Deployment, breaker: Breaker | None,
+                probe: bool, ureq: UpstreamRequest) -> Attempt:
+    return Attempt(board, deployment, breaker, probe)

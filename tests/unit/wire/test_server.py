@@ -1,0 +1,475 @@
+"""gateway/http/protocol.py, our HTTP/1.1 protocol for uvicorn: under uvicorn in this
+process (uvloop, as `turnout serve` runs it) with a small ASGI app, spoken to over raw
+sockets; and `turnout serve` itself finishing an in-flight stream on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from gateway.wire.server import HttpProtocol
+from selfhost.sim import SimProfile, Simulator, ThreadedSim
+from tests.support.procs import Gateway
+
+WAIT = 10.0  # guards against hangs only: every wait below is on an event, not a clock
+
+Scope = dict[str, Any]
+
+
+class Probe(HttpProtocol):
+    """The protocol, recording instances and when uvicorn asks for a graceful stop."""
+
+    live: list[Probe] = []
+    shutdown_called = threading.Event()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        Probe.live.append(self)
+
+    def shutdown(self) -> None:
+        Probe.shutdown_called.set()
+        super().shutdown()
+
+
+class App:
+    """Behaviour by path; tells the test what it saw through thread-safe objects."""
+
+    def __init__(self) -> None:
+        self.gates: dict[str, threading.Event] = {}
+        self.seen: queue.Queue[Any] = queue.Queue()
+        self.order: list[str] = []
+        self.buffer_peak = 0
+
+    def gate(self, name: str) -> threading.Event:
+        return self.gates.setdefault(name, threading.Event())
+
+    async def wait(self, name: str) -> None:
+        assert await asyncio.to_thread(self.gate(name).wait, WAIT), f"gate {name} never opened"
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                scope["state"]["answer"] = 42
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        path = scope["path"]
+        self.order.append(f"start {path}")
+        if path == "/parts":  # each body message as it comes
+            while True:
+                msg = await receive()
+                self.seen.put((msg["body"], msg["more_body"]))
+                if not msg["more_body"]:
+                    break
+            await respond(send, b"done")
+        elif path == "/stream":  # chunk i+1 only once the client has chunk i
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            for i in range(3):
+                await send({"type": "http.response.body", "body": b"data: %d\n\n" % i,
+                            "more_body": True})
+                await self.wait(f"read-{i}")
+            await send({"type": "http.response.body", "body": b""})
+        elif path == "/watch":  # body read: the next receive() waits for the client to go
+            await receive()
+            self.gate("watching").set()
+            self.seen.put((await receive())["type"])
+        elif path == "/slow":
+            self.gate("slow-started").set()
+            await self.wait("release")
+            await respond(send, b"slow")
+            self.order.append("done")
+        elif path == "/nolength":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"part1,", "more_body": True})
+            await send({"type": "http.response.body", "body": b"part2"})
+        elif path == "/empty":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        elif path == "/error":
+            raise RuntimeError("secret detail")
+        elif path == "/error-after-start":  # head held back, so a 500 can still go out
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"5")]})
+            raise RuntimeError("secret detail")
+        elif path == "/silent":
+            return
+        elif path == "/bad-header":
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"x-injected", b"a\r\nset-cookie: evil=1")]})
+        elif path == "/big":  # far more than socket buffers hold: send must wait to drain
+            proto = next(p for p in Probe.live if p.active and p.active.scope is scope)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"%d" % (32 << 20))]})
+            for i in range(32):
+                await send({"type": "http.response.body", "body": bytes([65 + i]) * (1 << 20),
+                            "more_body": i < 31})
+                self.buffer_peak = max(self.buffer_peak,
+                                       proto.transport.get_write_buffer_size())
+        else:  # echo the request
+            body = b""
+            while True:
+                msg = await receive()
+                body += msg["body"]
+                if not msg["more_body"]:
+                    break
+            info = {k: scope[k] for k in ("type", "http_version", "method", "scheme", "path",
+                                          "root_path", "client", "server", "asgi")}
+            info |= {"raw_path": scope["raw_path"].decode(), "body": body.decode(),
+                     "query_string": scope["query_string"].decode(),
+                     "headers": [[k.decode(), v.decode()] for k, v in scope["headers"]],
+                     "state": scope["state"].get("answer")}
+            await respond(send, json.dumps(info).encode(), b"application/json")
+            self.seen.put((await receive())["type"])  # response done: disconnect at once
+
+
+async def respond(send: Any, body: bytes, ctype: bytes = b"text/plain") -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", ctype), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Server:
+    def __init__(self, app: App, **options: Any) -> None:
+        self.app = app
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)  # clients may connect at once: uvicorn accepts once started
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, http=Probe, loop="uvloop", lifespan="on", log_config=None,
+                                timeout_graceful_shutdown=WAIT, **options)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, args=([self.sock],))
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive()
+        state = self.server.server_state  # every request's task and connection accounted for
+        assert not state.tasks and not state.connections
+
+
+@contextmanager
+def serving(**options: Any) -> Iterator[Server]:
+    server = Server(App(), **options)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with serving() as s:
+        yield s
+
+
+class Client:
+    """A raw HTTP/1.1 client on one socket: exactly the bytes we choose."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _more(self) -> bytes:
+        data = self.sock.recv(1 << 20)
+        self.buf += data
+        return data
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            assert self._more(), "connection closed mid-line"
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            assert self._more(), "connection closed mid-body"
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def head(self) -> tuple[int, dict[str, str]]:
+        status = int(self.line().split()[1])
+        headers: dict[str, str] = {}
+        while line := self.line():
+            name, value = line.decode().split(":", 1)
+            assert name.lower() not in headers, f"{name} twice"
+            headers[name.lower()] = value.strip()
+        return status, headers
+
+    def chunk(self) -> bytes:
+        """One chunk of a chunked body; b"" for the last (no trailers)."""
+        size = int(self.line(), 16)
+        data = self.exactly(size)
+        assert self.exactly(2) == b"\r\n"
+        return data
+
+    def response(self, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+        status, headers = self.head()
+        if head_only or status in (204, 304):
+            return status, headers, b""
+        if "content-length" in headers:
+            return status, headers, self.exactly(int(headers["content-length"]))
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while part := self.chunk():
+                body += part
+            return status, headers, body
+        return status, headers, self.rest()
+
+    def rest(self) -> bytes:
+        while self._more():
+            pass
+        data, self.buf = self.buf, b""
+        return data
+
+    def closed(self) -> bool:
+        return self.rest() == b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[Client]:
+    c = Client(server.port)
+    yield c
+    c.close()
+
+
+def get(path: str, version: str = "1.1", extra: str = "") -> bytes:
+    return f"GET {path} HTTP/{version}\r\nHost: t\r\n{extra}\r\n".encode()
+
+
+def post(path: str, body: bytes, extra: str = "") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+            .encode() + body)
+
+
+def test_scope_and_keep_alive(server: Server, client: Client) -> None:
+    client.send(post("/a%20b/c?x=1&y=%20", b"hello", "X-Custom: Value\r\n"))
+    status, headers, body = client.response()
+    info = json.loads(body)
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert headers["server"] == "uvicorn" and "date" in headers
+    assert "connection" not in headers and "transfer-encoding" not in headers
+    assert info["type"] == "http" and info["http_version"] == "1.1"
+    assert info["method"] == "POST" and info["scheme"] == "http"
+    assert info["path"] == "/a b/c" and info["raw_path"] == "/a%20b/c"
+    assert info["query_string"] == "x=1&y=%20" and info["root_path"] == ""
+    assert ["x-custom", "Value"] in info["headers"] and ["host", "t"] in info["headers"]
+    assert info["body"] == "hello" and info["state"] == 42
+    assert info["asgi"]["version"] == "3.0"
+    assert tuple(info["server"]) == ("127.0.0.1", server.port)
+    assert tuple(info["client"]) == client.sock.getsockname()
+    assert server.app.seen.get(timeout=WAIT) == "http.disconnect"  # response complete
+    client.send(get("/second"))  # the same connection again
+    status, _, body = client.response()
+    assert status == 200 and json.loads(body)["path"] == "/second"
+    assert tuple(json.loads(body)["client"]) == client.sock.getsockname()
+    server.app.seen.get(timeout=WAIT)
+
+
+def test_pipelined_requests_answered_in_order(server: Server, client: Client) -> None:
+    app = server.app
+    app.order.clear()
+    client.send(get("/slow") + get("/echo-2"))
+    assert app.gate("slow-started").wait(WAIT)
+    app.gate("release").set()
+    status, _, body = client.response()
+    assert (status, body) == (200, b"slow")
+    status, _, body = client.response()
+    assert json.loads(body)["path"] == "/echo-2"
+    assert app.order == ["start /slow", "done", "start /echo-2"]  # one after the other
+    app.seen.get(timeout=WAIT)
+
+
+def test_chunked_request_body_arrives_in_parts(server: Server, client: Client) -> None:
+    client.send(b"POST /parts HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"6\r\nhello \r\n")
+    assert server.app.seen.get(timeout=WAIT) == (b"hello ", True)
+    client.send(b"5\r\nworld\r\n0\r\n\r\n")
+    rest, more = b"", True
+    while more:
+        part, more = server.app.seen.get(timeout=WAIT)
+        rest += part
+    assert rest == b"world" and client.response()[2] == b"done"
+
+
+def test_expect_100_continue(server: Server, client: Client) -> None:
+    client.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+                b"Expect: 100-continue\r\n\r\n")
+    assert client.line() == b"HTTP/1.1 100 Continue" and client.line() == b""
+    client.send(b"body")
+    assert json.loads(client.response()[2])["body"] == "body"
+    server.app.seen.get(timeout=WAIT)
+
+
+def test_malformed_request_gets_400_and_close(server: Server, client: Client) -> None:
+    client.send(b"NOT HTTP AT ALL\r\n\r\n")
+    status, headers, body = client.response()
+    assert status == 400 and headers["connection"] == "close"
+    assert body == b"Invalid HTTP request received."
+    assert client.closed()
+
+
+def test_connection_close_from_the_client(server: Server, client: Client) -> None:
+    client.send(get("/bye", extra="Connection: close\r\n"))
+    status, headers, _ = client.response()
+    assert status == 200 and headers["connection"] == "close" and client.closed()
+    server.app.seen.get(timeout=WAIT)
+
+
+def test_websocket_upgrade_is_answered_as_plain_http(server: Server, client: Client) -> None:
+    client.send(get("/ws", extra="Connection: Upgrade\r\nUpgrade: websocket\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 13\r\n"))
+    status, headers, body = client.response()
+    assert status == 200 and json.loads(body)["type"] == "http"
+    assert headers["connection"] == "close" and client.closed()  # the parser stopped
+    server.app.seen.get(timeout=WAIT)
+
+
+def test_http_10(server: Server) -> None:
+    c = Client(server.port)  # no keep-alive asked: closed after the response
+    c.send(get("/one", "1.0"))
+    _, headers, body = c.response()
+    assert json.loads(body)["http_version"] == "1.0" and headers["connection"] == "close"
+    assert c.closed()
+    c = Client(server.port)  # keep-alive asked for and given, with a length
+    c.send(get("/two", "1.0", "Connection: keep-alive\r\n"))
+    assert c.response()[1]["connection"] == "keep-alive"
+    c.send(get("/nolength", "1.0", "Connection: keep-alive\r\n"))
+    _, headers, body = c.response()  # no chunked in 1.0: the close ends the body
+    assert "transfer-encoding" not in headers and headers["connection"] == "close"
+    assert body == b"part1,part2" and c.closed()
+    for _ in range(2):
+        server.app.seen.get(timeout=WAIT)
+
+
+def test_head_204_and_chunked_framing(server: Server, client: Client) -> None:
+    client.send(b"HEAD /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, headers, _ = client.response(head_only=True)
+    assert status == 200 and int(headers["content-length"]) > 0
+    client.send(get("/empty"))  # no body bytes leaked from the HEAD: the next parses
+    status, headers, _ = client.response()
+    assert status == 204 and "transfer-encoding" not in headers
+    client.send(get("/nolength"))
+    status, headers, body = client.response()
+    assert headers["transfer-encoding"] == "chunked" and body == b"part1,part2"
+    server.app.seen.get(timeout=WAIT)
+
+
+def test_stream_chunks_go_out_one_by_one(server: Server, client: Client) -> None:
+    client.send(get("/stream"))
+    status, headers = client.head()  # sent with response.start, before any chunk
+    assert status == 200 and headers["transfer-encoding"] == "chunked"
+    for i in range(3):
+        assert client.chunk() == b"data: %d\n\n" % i  # the app waits until we have it
+        server.app.gate(f"read-{i}").set()
+    assert client.chunk() == b""  # the last chunk
+
+
+def test_disconnect_reaches_the_app(server: Server, client: Client) -> None:
+    client.send(post("/watch", b"{}"))
+    assert server.app.gate("watching").wait(WAIT)
+    client.close()
+    assert server.app.seen.get(timeout=WAIT) == "http.disconnect"
+
+
+def test_app_errors_become_500_without_details(
+        server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    for path in ("/error", "/error-after-start", "/silent", "/bad-header"):
+        c = Client(server.port)
+        with caplog.at_level(logging.ERROR, logger="uvicorn.error"):
+            c.send(get(path))
+            status, headers, body = c.response()
+        assert (status, body) == (500, b"Internal Server Error"), path
+        assert headers["connection"] == "close" and c.closed()
+        assert b"secret" not in body and b"Traceback" not in body
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("Exception in ASGI application\n") == 3
+    assert "ASGI callable returned without starting response." in messages
+    assert any(r.exc_info and "secret detail" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_send_waits_for_the_client_to_drain(server: Server, client: Client) -> None:
+    client.send(get("/big"))
+    status, _, body = client.response()
+    assert status == 200 and len(body) == 32 << 20
+    assert body[::1 << 20] == bytes(range(65, 65 + 32))
+    assert 0 < server.app.buffer_peak <= 2 << 20  # not 32 MiB: send paused on the buffer
+
+
+def test_idle_connection_closes_after_keep_alive_timeout() -> None:
+    with serving(timeout_keep_alive=0.2) as server:
+        c = Client(server.port)
+        c.send(get("/x"))
+        assert c.response()[0] == 200
+        assert c.closed()  # the server hung up once idle
+        idle = Client(server.port)  # never sends a request
+        assert idle.closed()
+
+
+def test_graceful_shutdown_finishes_the_request_in_flight() -> None:
+    Probe.shutdown_called.clear()
+    server = Server(App())
+    c = Client(server.port)
+    c.send(get("/slow"))
+    assert server.app.gate("slow-started").wait(WAIT)
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()  # what SIGTERM does: should_exit, then shutdown() on each connection
+    assert Probe.shutdown_called.wait(WAIT)
+    server.app.gate("release").set()
+    status, headers, body = c.response()
+    assert (status, body) == (200, b"slow") and headers["connection"] == "close"
+    assert c.closed()
+    stopper.join(WAIT)
+    assert not server.thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def slow_sim() -> Iterator[ThreadedSim]:
+    with ThreadedSim(Simulator(SimProfile.named("instant", itl_ms=50.0))) as sim:
+        yield sim
+
+
+def test_sigterm_lets_turnout_serve_finish_a_stream(slow_sim: ThreadedSim,
+                                                    tmp_path: Path) -> None:
+    gw = Gateway({"providers": [{"name": "sim", "base_url": slow_sim.url + "/v1"}],
+                  "models": {"m": {"deployments": [{"target": "sim", "model": "m"}]}}},
+                 tmp_path)
+    try:
+        body = {"model": "m", "stream": True, "max_tokens": 20,  # 1 s of tokens
+                "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body,
+                          timeout=WAIT) as resp:
+            lines = resp.iter_lines()
+            assert next(lines).startswith("data: ")  # in flight
+            gw.proc.send_signal(15)  # SIGTERM
+            rest = [line for line in lines if line]
+        assert resp.status_code == 200 and rest[-1] == "data: [DONE]"
+        gw.proc.wait(WAIT)  # uvicorn re-raises the SIGTERM once it has shut down
+        rid = resp.headers["x-request-id"]
+        logs = gw.logs()
+        assert any(rid in line and '"status":200' in line for line in logs.splitlines())
+        assert "Waiting for connections to close" in logs  # ours was open at shutdown
+        assert "Finished server process" in logs
+    finally:
+        gw.stop()
