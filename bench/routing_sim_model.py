@@ -1,6 +1,6 @@
 """The routing simulation's world: an event loop on simulated time, simulated vLLM replicas
 and priced providers, and a dispatcher that drives a REAL routing policy and reports to a
-REAL `Scoreboard` exactly as `gateway/dispatch.py` does.
+REAL `Scoreboard` exactly as `gateway/dispatch/` does.
 
 Nothing sleeps and nothing listens on a socket: every latency is an event on a heap, and
 the scoreboard reads the simulated clock, so a minute of traffic runs in well under a
@@ -331,7 +331,7 @@ def chat_request(i: int, rec: TraceRecord, few_shot: bool) -> CanonicalRequest:
 
 class SimDispatch:
     """Plan with the policy, send the first candidate, report every attempt to the board
-    as `gateway/dispatch.py` does (started, first_token, succeeded / failed)."""
+    as `gateway/dispatch/` does (started, first_token, succeeded / failed)."""
 
     def __init__(self, loop: EventLoop, board: Scoreboard, policy: RoutingPolicy,
                  deployments: Sequence[Deployment], rules: DispatchRules) -> None:

@@ -62,14 +62,15 @@ def serve(args: argparse.Namespace) -> int:
     # Workers are separate processes: /metrics adds up their values through shared files.
     metrics_dir = multiprocess_dir() if workers > 1 and cfg.telemetry.metrics else None
     try:
-        _run(uvicorn, host, port, workers, args.log_level)
+        _run(uvicorn, host, port, workers, args.log_level, cfg.server.http)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
-def _run(uvicorn: Any, host: str, port: int, workers: int, log_level: str) -> None:
+def _run(uvicorn: Any, host: str, port: int, workers: int, log_level: str, http: str
+         ) -> None:
     from gateway.wire.server import HttpProtocol
 
     uvicorn.run(
@@ -79,7 +80,7 @@ def _run(uvicorn: Any, host: str, port: int, workers: int, log_level: str) -> No
         port=port,
         workers=workers,
         loop="uvloop",
-        http=HttpProtocol,  # ours (gateway/http/protocol.py): lighter than "httptools"
+        http=HttpProtocol if http == "turnout" else "httptools",
         lifespan="on",
         access_log=False,
         proxy_headers=False,  # X-Forwarded-* rewriting: off unless asked, a µs a request

@@ -40,6 +40,9 @@ class ServerConfig(_Strict):
     workers: int = Field(1, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     timeouts: Timeouts = Timeouts()  # type: ignore[call-arg]
+    # The HTTP/1.1 protocol uvicorn runs: ours (gateway/wire/server.py, lighter), or
+    # uvicorn's own httptools one, kept as the fallback it replaces.
+    http: Literal["turnout", "httptools"] = "turnout"
 
 
 class RedisConfig(_Strict):
@@ -294,7 +297,8 @@ class AdmissionConfig(_Strict):
     default_max_tokens: int = Field(4096, ge=1, description="reserved when a request sets none")
     reservation_ttl_s: float | None = Field(None, gt=0, description="default: total_s + 60")
     # With Redis: admit from shares of the limits and budgets taken ahead of need
-    # (gateway/leases.py), so most requests need no round trip; off: one per request.
+    # (gateway/accounting/lease_holder.py), so most requests need no round trip; off: one
+    # per request.
     leases: bool = True
 
 

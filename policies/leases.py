@@ -26,7 +26,7 @@ by request, exactly as without leases. A share goes back when its key has been
 idle for IDLE_S, when its policy changes, at shutdown, and whenever the store refuses a
 request of this process's that it might have let through.
 
-This module is the bookkeeping, without I/O; gateway/leases.py talks to the store.
+This module is the bookkeeping, without I/O; gateway/accounting/lease_holder.py talks to the store.
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ def settlement(ctx: RequestContext, out: Outcome, now: float | None = None) -> S
 
 
 class Meter:
-    """Settles tickets in order, in batches, from one background flusher.
+    """Settles requests in order, in batches, from one background flusher.
 
     `settle` only queues (no task or round trip per request); the flusher sends
     whatever queued meanwhile as one batch (one pipelined round trip for Redis), so the

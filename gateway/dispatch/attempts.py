@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adapters.base import StreamTranslator
 from gateway.canonical import (
@@ -24,6 +24,7 @@ from gateway.canonical import (
     Usage,
 )
 from gateway.wire.base import HttpResponse
+from gateway.wire.http_client import CUT_OFF
 from gateway.wire.sse import SSEParser
 from policies.breakers import Breaker
 from policies.scoreboard import DeploymentStats, Scoreboard
@@ -125,13 +126,30 @@ class Attempt:
 
 @dataclass(slots=True)
 class Segment:
-    """An upstream stream whose first chunks have arrived (one per continuation)."""
+    """One upstream stream (one per continuation): its SSE lines read, parsed and
+    translated into canonical chunks. `first`: what arrived before it was handed over."""
 
     attempt: Attempt
     resp: HttpResponse
     translator: StreamTranslator
-    parser: SSEParser
-    first: list[StreamChunk]
+    parser: SSEParser = field(default_factory=SSEParser)
+    first: list[StreamChunk] = field(default_factory=list)
+    ended: bool = False  # the body has ended
+
+    async def pull(self, deadline: float) -> list[StreamChunk]:
+        """The canonical chunks of the next line (often none). At the end of the body, an
+        upstream that did not finish its stream cut it short: UpstreamFailure, unless its
+        last event still gave chunks (then the next pull raises)."""
+        if self.ended:
+            raise UpstreamFailure(FailureKind.PROTOCOL, CUT_OFF)
+        line = await self.resp.readline(deadline)
+        event = self.parser.feed_line(line) if line else self.parser.flush()
+        out = self.translator.feed(event.event, event.data) if event is not None else []
+        if not line:
+            self.ended = True
+            if not out and not self.translator.finished:
+                raise UpstreamFailure(FailureKind.PROTOCOL, CUT_OFF)
+        return out
 
     def discard(self) -> None:
         """Drop it unread (a hedge that lost): the upstream sees the request end."""

@@ -212,7 +212,7 @@ def _empty(choice: Any) -> bool:
 class StreamResume:
     """Keeps one client stream going when its upstream breaks: before any content the
     request is simply sent again; after it, the partial answer is continued on a
-    deployment that can (see `gateway/continuation.py`)."""
+    deployment that can (see above)."""
 
     __slots__ = ("_cuts", "_fo", "_plan", "_req", "_runner", "_tokens")
 

@@ -18,12 +18,10 @@ import time
 from typing import TypeVar
 
 from adapters import get_adapter
-from adapters.base import StreamTranslator
 from gateway.canonical import (
     CanonicalRequest,
     Deployment,
     FailureKind,
-    StreamChunk,
     UpstreamFailure,
 )
 from gateway.config import Timeouts
@@ -33,8 +31,6 @@ from gateway.dispatch.failover import Failover
 from gateway.dispatch.run import Run
 from gateway.dispatch.stream import UpstreamStream
 from gateway.wire.base import HttpClient, HttpResponse
-from gateway.wire.http_client import CUT_OFF
-from gateway.wire.sse import SSEParser
 from policies.breakers import Breakers, Pass
 from policies.routing.base import Plan
 from policies.scoreboard import Scoreboard
@@ -97,9 +93,10 @@ class AttemptRunner:
             if resp.status >= 300:
                 body = await resp.read(deadline)
                 raise _redacted(adapter.classify_error(resp.status, resp.headers, body), dep)
-            translator = adapter.stream_translator(req)
-            parser = SSEParser()
-            first = await _first_chunks(resp, parser, translator, deadline)
+            seg = Segment(attempt, resp, adapter.stream_translator(req))
+            # Until the upstream produced something for the client (or ended).
+            while not seg.first and not seg.translator.finished and not seg.ended:
+                seg.first = await seg.pull(deadline)
         except BaseException as err:
             if resp is not None:
                 resp.close()
@@ -110,23 +107,7 @@ class AttemptRunner:
             raise err from None
         attempt.ttft = time.perf_counter() - attempt.started
         self.board.first_token(attempt.stats, attempt.ttft, req.prompt_tokens)
-        return Segment(attempt, resp, translator, parser, first)
-
-
-async def _first_chunks(resp: HttpResponse, parser: SSEParser, translator: StreamTranslator,
-                        deadline: float) -> list[StreamChunk]:
-    """Read until the upstream produced something for the client (or ended)."""
-    out: list[StreamChunk] = []
-    while not out and not translator.finished:
-        line = await resp.readline(deadline)
-        event = parser.feed_line(line) if line else parser.flush()
-        if event is not None:
-            out.extend(translator.feed(event.event, event.data))
-        if not line:
-            if not out and not translator.finished:
-                raise UpstreamFailure(FailureKind.PROTOCOL, CUT_OFF)
-            break
-    return out
+        return seg
 
 
 def _redacted(failure: UpstreamFailure, dep: Deployment) -> UpstreamFailure:

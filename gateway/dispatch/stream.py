@@ -16,7 +16,6 @@ from typing import Protocol
 from gateway.canonical import Deployment, FailureKind, StreamChunk, UpstreamFailure, Usage
 from gateway.dispatch.attempts import AttemptRecord, Segment
 from gateway.dispatch.continuation import Splice
-from gateway.wire.http_client import CUT_OFF
 
 
 class Resumer(Protocol):
@@ -66,19 +65,11 @@ class UpstreamStream:
                     if out is not None:
                         yield out
                 self._pending = []
-                resp = seg.resp
                 while not seg.translator.finished:
-                    line = await resp.readline(min(loop.time() + self._idle, self._deadline))
-                    event = seg.parser.feed_line(line) if line else seg.parser.flush()
-                    if event is not None:
-                        for chunk in seg.translator.feed(event.event, event.data):
-                            out = self._note(chunk)
-                            if out is not None:
-                                yield out
-                    if not line:
-                        if not seg.translator.finished:
-                            raise UpstreamFailure(FailureKind.PROTOCOL, CUT_OFF)
-                        break
+                    for chunk in await seg.pull(min(loop.time() + self._idle, self._deadline)):
+                        out = self._note(chunk)
+                        if out is not None:
+                            yield out
             except (TimeoutError, UpstreamFailure) as err:
                 failure = err if isinstance(err, UpstreamFailure) else UpstreamFailure(
                     FailureKind.TIMEOUT, "timed out reading the response")

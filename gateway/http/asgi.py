@@ -87,7 +87,7 @@ async def send_response(
 
 
 WATCH_AFTER_S = 0.05
-# An ASGI extension our server (gateway/http/protocol.py) offers: scope["extensions"][it]
+# An ASGI extension our server (gateway/wire/server.py) offers: scope["extensions"][it]
 # is a function taking a callback (or None) to call when the client disconnects.
 ON_DISCONNECT = "turnout.on_disconnect"
 

@@ -161,7 +161,7 @@ class RedisStore:
         requests, tokens, nanos = (math.inf if n < 0 else float(n) for n in out[1:4])
         return LeaseGrant("", (requests, tokens, nanos), _state(*out[4:7]), _state(*out[7:10]))
 
-    # Invalidations (gateway/invalidation.py): a channel every gateway process listens on.
+    # Invalidations (gateway/accounting/invalidation.py): a channel every process hears.
 
     async def publish(self, channel: str, message: bytes) -> int:
         """How many subscribers received it."""

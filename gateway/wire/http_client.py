@@ -370,8 +370,8 @@ class Connection(asyncio.Protocol):
         self.closed = True
         self._on_gone(self)
         if self._head is not None and not self._head.done():
-            # Never resent: the server may have acted on it (`_IDLE_S` in
-            # gateway/upstream.py keeps us from reusing connections servers drop).
+            # Never resent: the server may have acted on it (`_IDLE_S` above keeps us
+            # from reusing connections servers drop).
             self._head.set_exception(UpstreamFailure(
                 FailureKind.SERVER, "connection closed before a response"))
         elif self._resp is not None:

@@ -18,11 +18,11 @@ from anthropic import Anthropic
 from openai import OpenAI
 
 from selfhost.sim import Simulator, ThreadedSim
+from tests.support.gemini_mock import GeminiMock
 from tests.support.procs import Gateway
 from tests.support.provider_mocks import (
     AnthropicMock,
     Failure,
-    GeminiMock,
     Reply,
     Text,
     ToolCall,

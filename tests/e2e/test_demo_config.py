@@ -58,3 +58,18 @@ def test_two_workers_serve(gateway_factory: GatewayFactory) -> None:
         assert client.chat.completions.create(
             model="demo-chat", messages=[{"role": "user", "content": "Hello!"}]).choices
     assert gw.logs().count("Application startup complete") == 2
+
+
+def test_uvicorns_own_http_protocol_serves_too(gateway_factory: GatewayFactory) -> None:
+    """`server.http: httptools`, the fallback our protocol replaces: it answers and streams
+    (without our server's disconnect extension, the pipeline watches `receive` instead)."""
+    config = demo_config()
+    config.setdefault("server", {})["http"] = "httptools"
+    gw = gateway_factory(config, env=NO_KEYS)
+    client = OpenAI(base_url=gw.url + "/v1", api_key=DEMO_KEY, max_retries=0)
+    assert client.chat.completions.create(
+        model="demo-chat", messages=[{"role": "user", "content": "Hello!"}]).choices
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert len(text.split()) == 16

@@ -261,7 +261,7 @@ def test_broken_streams_are_continued_without_a_seam(gw: Gateway, ups: Upstreams
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     usage = chunks[-1].usage
     # Output: 4 + 4 + 4 tokens. Input: each segment's prompt, the last one reported, the
-    # broken ones derived from it (see gateway/continuation.py).
+    # broken ones derived from it (see gateway/dispatch/continuation.py).
     assert (usage.completion_tokens, usage.prompt_tokens) == (12, 3 * prompt + 24)
     assert ups.p1.stats.aborted + ups.p2.stats.aborted == 2
     last = max((ups.p1, ups.p2), key=lambda s: s.stats.requests_total).stats.last_body

@@ -1,6 +1,7 @@
-"""Leases in one process: the bookkeeping (policies/leases.py), and gateway/leases.py with
-its invalidations against a real redis-server: granted in the background, used on the hot
-path, dropped and given back when a change is announced or the subscription is lost."""
+"""Leases in one process: the bookkeeping (policies/leases.py), and the lease holder
+(gateway/accounting/lease_holder.py) with its invalidations against a real redis-server:
+granted in the background, used on the hot path, dropped and given back when a change is
+announced or the subscription is lost."""
 
 from __future__ import annotations
 

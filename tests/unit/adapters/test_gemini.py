@@ -12,9 +12,9 @@ import pytest
 from adapters import get_adapter
 from adapters.gemini import SKIP_SIGNATURE, GeminiAdapter
 from gateway.canonical import CanonicalRequest, ErrorClass, FailureKind, Target, UpstreamFailure
+from tests.support.gemini_mock import GeminiMock
 from tests.support.provider_mocks import (
     Failure,
-    GeminiMock,
     Reply,
     Text,
     ToolCall,

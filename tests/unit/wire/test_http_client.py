@@ -1,4 +1,4 @@
-"""The upstream HTTP client (gateway/upstream.py) against real servers on loopback whose
+"""The upstream HTTP client (gateway/wire/http_client.py) against real servers on loopback whose
 bytes on the wire each test controls: keep-alive reuse, stale connections, framing,
 compression, deadlines, back-pressure, header injection and TLS."""
 

@@ -1,4 +1,4 @@
-"""gateway/http/protocol.py, our HTTP/1.1 protocol for uvicorn: under uvicorn in this
+"""gateway/wire/server.py, our HTTP/1.1 protocol for uvicorn: under uvicorn in this
 process (uvloop, as `turnout serve` runs it) with a small ASGI app, spoken to over raw
 sockets; and `turnout serve` itself finishing an in-flight stream on SIGTERM."""
 
