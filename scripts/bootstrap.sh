@@ -13,11 +13,15 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 if [ ! -f "$STAMP" ]; then
-  echo "==> installing turnout and its dev tools into $VENV (pip output: $VENV/pip.log)"
+  echo "==> installing turnout and its dev tools into $VENV (about a minute; pip log: $VENV/pip.log)"
   "$VENV/bin/python" -m pip install -q --upgrade pip >"$VENV/pip.log" 2>&1
-  if ! "$VENV/bin/python" -m pip install -e ".[dev]" >>"$VENV/pip.log" 2>&1; then
+  # One line per package as pip collects it, so a first run is not silent.
+  if ! "$VENV/bin/python" -m pip install --progress-bar off -e ".[dev]" 2>&1 \
+      | tee -a "$VENV/pip.log" \
+      | awk '/^Collecting /{n++; printf "    [%3d] %s\n", n, $2; fflush()}'; then
     tail -30 "$VENV/pip.log"; exit 1
   fi
+  echo "==> installed"
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi

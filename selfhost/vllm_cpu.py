@@ -6,6 +6,7 @@ through subprocesses, so the gateway's python can import it.
 
     python -m selfhost.vllm_cpu setup             # build the venv and the tiny model
     python -m selfhost.vllm_cpu serve --port 8000  # run a server until Ctrl-C
+    python -m selfhost.vllm_cpu serve --port 8001 -- --runner pooling   # embeddings
 
 Everything is idempotent: a finished venv or model is reused; a half-built one (no marker
 file) is rebuilt. The comments on each constant below say why it is needed.
@@ -357,6 +358,7 @@ def _serve(args: argparse.Namespace) -> int:
         served_model_name=args.served_model_name,
         venv=venv,
         host=args.host,
+        extra_args=[a for a in args.vllm_args if a != "--"],
     )
     _say(f"starting vLLM; log: {server.log_path}")
     # SIGTERM (e.g. from a supervisor) must also stop vLLM, which runs in its own session.
@@ -392,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--served-model-name", default=DEFAULT_SERVED_NAME)
     serve.add_argument("--timeout", type=float, default=300.0, help="startup deadline (s)")
+    serve.add_argument("vllm_args", nargs=argparse.REMAINDER,
+                       help="after --: more arguments for `vllm serve` (tool calling, a "
+                            "pooling runner for embeddings, ...)")
     args = parser.parse_args(argv)
     try:
         return _setup(args) if args.command == "setup" else _serve(args)
