@@ -57,9 +57,13 @@ class AttemptRunner:
         ureq = adapter.build_request(req, dep.target)
         breaker = self.breakers.get(dep) if self.breakers is not None else None
         attempt = self._attempt(self.board, dep, breaker, probe, ureq)
-        deadline = self.client.loop.time() + self.timeouts.total_s
+        now, t = self.client.loop.time(), self.timeouts
+        # The head within first_token_s, as a stream's first chunk: a hung upstream is
+        # left for the next candidate then, not after the whole total_s.
+        head_by, deadline = now + min(t.first_token_s, t.total_s), now + t.total_s
+        resp: HttpResponse | None = None
         try:
-            resp = await self.client.send(ureq, deadline)
+            resp = await self.client.send(ureq, head_by)
             try:
                 body = await resp.read(deadline)
             finally:
@@ -68,8 +72,9 @@ class AttemptRunner:
                 raise _redacted(adapter.classify_error(resp.status, resp.headers, body), dep)
             result = adapter.parse_response(req, body)
         except TimeoutError:
-            failure = UpstreamFailure(FailureKind.TIMEOUT,
-                                      f"no response within {self.timeouts.total_s:g}s")
+            waited = (f"no response within {min(t.first_token_s, t.total_s):g}s"
+                      if resp is None else f"no whole response within {t.total_s:g}s")
+            failure = UpstreamFailure(FailureKind.TIMEOUT, waited)
             attempt.failed(failure)
             raise failure from None
         except BaseException as err:

@@ -42,11 +42,13 @@ class FakeResponse:
         self.closed = True
 
 
-Handler = Callable[[UpstreamRequest], FakeResponse]
+Handler = Callable[[UpstreamRequest], FakeResponse | None]
 
 
 class FakeHttpClient:
-    """Answers each request with what `handler` makes of it; records what was sent."""
+    """Answers each request with what `handler` makes of it (None: an upstream that never
+    answers, so the deadline passes: TimeoutError, as from the real client); records what
+    was sent."""
 
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
@@ -60,6 +62,10 @@ class FakeHttpClient:
     async def send(self, req: UpstreamRequest, deadline: float | None = None) -> FakeResponse:
         self.sent.append(req)
         resp = self._handler(req)
+        if resp is None:
+            assert deadline is not None, "a request with no deadline would wait forever"
+            await asyncio.sleep(max(0.0, deadline - self.loop.time()))
+            raise TimeoutError
         self.responses.append(resp)
         return resp
 

@@ -3,6 +3,8 @@ candidate, streams read line by line, and what never reaches the client."""
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
@@ -118,3 +120,15 @@ def test_a_deployment_built_by_the_registry_knows_its_capabilities() -> None:
             claude.health_check) == (True, True, "chat")
     assert (oa.can_continue, oa.health_check) == (False, "models")
     assert (gpu.can_continue, gpu.health_check) == (False, "health")
+
+
+async def test_a_hung_upstream_is_left_after_first_token_s_for_a_whole_answer_too() -> None:
+    client = FakeHttpClient(lambda req: None if host(req.url) == "a"
+                            else FakeResponse(200, body=ANSWER))
+    d, deps = dispatcher(client)
+    d.runner.timeouts = Timeouts(first_token_s=0.05, total_s=30)
+    started = asyncio.get_running_loop().time()
+    done = await d.complete(request(), Plan(list(deps), "test", ""))
+    waited = asyncio.get_running_loop().time() - started
+    assert done.deployment.id == "b/up"
+    assert 0.05 <= waited < 5  # the head's deadline, not total_s
