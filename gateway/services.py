@@ -121,7 +121,8 @@ class Services:
         stack.push_async_callback(accounts.stop)
         meter = Meter(store)
         stack.push_async_callback(meter.close)  # runs before the store closes
-        admission: AdmissionStage = Admission(store, cfg.admission, ttl_ms, leases)
+        admission: AdmissionStage = Admission(store, cfg.admission, ttl_ms, meter, leases,
+                                              announcer)
         self.cache = ResponseCache.build(store, cfg)
         cache: CacheStage | None = self.cache
         if self.cache is not None:

@@ -23,6 +23,8 @@ for `_RETRY_S`, so an outage does not cost every request a connect timeout.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import logging
 import math
@@ -31,13 +33,14 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.accounting.accounts import lookup_principal
-from gateway.accounting.invalidation import Change
+from gateway.accounting.invalidation import Announcer, Change
 from gateway.accounting.lease_holder import LeaseHolder
-from gateway.accounting.metering import RequestContext
+from gateway.accounting.metering import Meter, RequestContext
 from gateway.canonical import CanonicalRequest, Deployment
 from gateway.config import AdmissionConfig
 from gateway.errors import GatewayError
-from gateway.store import AdmitArgs, AdmitResult, MemoryStore, Store, StoreUnavailable
+from gateway.ids import new_id
+from gateway.store import ALL, AdmitArgs, AdmitResult, MemoryStore, Store, StoreUnavailable
 from policies import ratelimits
 from policies.keys import ANONYMOUS, Principal, hash_key
 from policies.pricing import max_output_tokens, prompt_tokens, worst_case_nanos
@@ -124,6 +127,8 @@ class Authenticator:
 
     def changed(self, change: Change) -> None:
         """Drop this process's cached principals of a changed team or key."""
+        if change.leases_only:
+            return
         self._generation += 1
         if change.key_hash is not None:
             self._cache.pop(change.key_hash, None)
@@ -153,34 +158,37 @@ class AdmissionStage(Protocol):
 
 
 class Admission:
-    def __init__(self, store: Store, cfg: AdmissionConfig, ttl_ms: int,
-                 leases: LeaseHolder | None = None) -> None:
+    def __init__(self, store: Store, cfg: AdmissionConfig, ttl_ms: int, meter: Meter,
+                 leases: LeaseHolder | None = None, announcer: Announcer | None = None
+                 ) -> None:
         self.store = store
         self.fail_open = cfg.on_store_outage == "fail-open"
         self.fallback = Limits(**cfg.fallback.model_dump()) if cfg.fallback else None
         self.default_max_tokens = cfg.default_max_tokens
         self.ttl_ms = ttl_ms
+        self.meter = meter  # releases what an admission lost in an outage may have reserved
         self.leases = leases  # None: one store round trip per request
+        self.announcer = announcer  # recalls other processes' leases near a limit
+        self._recalls: dict[str, asyncio.Future[None]] = {}  # team → the recall under way
         self._local = MemoryStore(stream_maxlen=1000)
         self._down_until = 0.0
-        self._why = ""
 
     async def admit(self, principal: Principal, req: CanonicalRequest,
                     deployments: Sequence[Deployment]) -> RequestContext:
         prompt = prompt_tokens(req.operation, req.body)
         output = max_output_tokens(req.operation, req.body, self.default_max_tokens)
         if principal.anonymous:
-            return RequestContext(principal, req, prompt, output, 0, ())
+            return RequestContext(principal, req, new_id(), prompt, output, 0, ())
         budgeted = principal.team_budget is not None or principal.key_budget is not None
         tokens = prompt + output
         cost = worst_case_nanos(deployments, prompt, output) if budgeted else 0
         leases = self.leases
         if leases is not None and (lease := leases.take(principal, tokens, cost)):
             headers = ratelimits.headers(*lease.states(time.monotonic(), tokens))
-            return RequestContext(principal, req, prompt, output, tokens, tuple(headers),
-                                  lease.id, cost, from_lease=True)
+            return RequestContext(principal, req, new_id(), prompt, output, tokens,
+                                  tuple(headers), lease.id, cost, from_lease=True)
         args = AdmitArgs(
-            team=principal.team, key_id=principal.key_id, request_id=req.request_id,
+            team=principal.team, key_id=principal.key_id, reservation=new_id(),
             check_key=True, key_limits=principal.key_limits, team_limits=principal.team_limits,
             tokens=tokens, team_budget=principal.team_budget, key_budget=principal.key_budget,
             cost_nanos=cost, ttl_ms=self.ttl_ms)
@@ -191,14 +199,14 @@ class Admission:
         request the key made) but reserves no tokens and no budget, and an exhausted budget
         does not refuse it: it generates nothing and costs nothing."""
         if principal.anonymous:
-            return RequestContext(principal, req, 0, 0, 0, ())
+            return RequestContext(principal, req, new_id(), 0, 0, 0, ())
         leases = self.leases
         if leases is not None and (lease := leases.take(principal, 0, 0, start=False)):
             headers = ratelimits.headers(*lease.states(time.monotonic(), 0))
-            return RequestContext(principal, req, 0, 0, 0, tuple(headers), lease.id,
+            return RequestContext(principal, req, new_id(), 0, 0, 0, tuple(headers), lease.id,
                                   from_lease=True)
         p = principal
-        args = AdmitArgs(team=p.team, key_id=p.key_id, request_id=req.request_id,
+        args = AdmitArgs(team=p.team, key_id=p.key_id, reservation=new_id(),
                          check_key=True, key_limits=Limits(rpm=p.key_limits.rpm),
                          team_limits=Limits(rpm=p.team_limits.rpm), tokens=0,
                          team_budget=None, key_budget=None, cost_nanos=0, ttl_ms=self.ttl_ms)
@@ -207,40 +215,68 @@ class Admission:
     async def _decide_context(self, args: AdmitArgs, principal: Principal,
                               req: CanonicalRequest, prompt: int, output: int
                               ) -> RequestContext:
-        result, shared = await self._decide(args)
-        leases = self.leases
-        if (result.refused and shared and result.refused != "revoked" and result.retry_ms >= 0
-                and leases is not None and leases.held(principal)):
-            # This process's own lease may hold what the request needs (unless the key is
-            # gone or the request can never fit): return it, ask again.
-            await leases.give_back(principal)
-            result, shared = await self._decide(args)
+        result, shared, lost = await self._decide(args)
+        if result.refused and shared and result.refused != "revoked" and result.retry_ms >= 0:
+            # Near a limit what the request needs may sit in leases: this process's own,
+            # given back at once, else every process's, recalled. Then ask again: exact.
+            if self.leases is not None and self.leases.held(principal):
+                await self.leases.give_back(principal)
+                result, shared, lost = await self._decide(args)
+            if result.refused and shared and self.leases is not None:
+                await self._recall(principal.team)
+                result, shared, lost = await self._decide(args)
         if result.refused:
             raise refusal(result, principal)
-        return RequestContext(principal, req, prompt, output, args.tokens if shared else 0,
+        own = args.reservation
+        if shared:  # reserved in the store: settlement gives back this request's part
+            return RequestContext(principal, req, own, prompt, output, args.tokens,
+                                  tuple(ratelimits.headers(result.requests, result.tokens)),
+                                  own, args.cost_nanos)
+        # Admitted by the outage policy. If the store's admission was lost on the way
+        # back it may have reserved: the settlement gives back whatever is reserved.
+        return RequestContext(principal, req, own, prompt, output, 0,
                               tuple(ratelimits.headers(result.requests, result.tokens)),
-                              req.request_id, args.cost_nanos if shared else 0)
+                              own, ALL if lost else 0)
 
-    async def _decide(self, args: AdmitArgs) -> tuple[AdmitResult, bool]:
-        """(verdict, whether the shared store made it)."""
+    async def _decide(self, args: AdmitArgs) -> tuple[AdmitResult, bool, bool]:
+        """(verdict, whether the shared store made it, whether an admission in the store
+        may have happened unknown to us: it was sent, and its answer lost)."""
+        lost = False
         if time.monotonic() >= self._down_until:
             try:
-                return await self.store.admit(args), True
+                return await self.store.admit(args), True, False
             except StoreUnavailable as err:
                 log.warning("admission: %s; applying %s for %gs", err,
                             "fail-open" if self.fail_open else "fail-closed", _RETRY_S)
                 self._down_until = time.monotonic() + _RETRY_S
-                self._why = str(err)
+                lost = True
         if not self.fail_open:
-            raise GatewayError(503, f"the rate-limit store is unavailable ({self._why}) and the"
-                               " gateway is configured to fail closed; try again shortly",
+            if lost:  # refused here: whatever the store may have reserved goes back
+                self.meter.release(args.team, args.reservation)
+            # (What failed goes to the log above, not to the client.)
+            raise GatewayError(503, "the rate-limit store is unavailable and the gateway is"
+                               " configured to fail closed; try again shortly",
                                type="server_error", code="store_unavailable",
                                headers={"retry-after": str(int(_RETRY_S))})
-        args.check_key, args.team_budget, args.key_budget, args.cost_nanos = (
-            False, None, None, 0)
-        if self.fallback is not None:
-            args.key_limits = args.team_limits = self.fallback
-        return await self._local.admit(args), False
+        local = AdmitArgs(
+            team=args.team, key_id=args.key_id, reservation=args.reservation,
+            check_key=False, key_limits=self.fallback or args.key_limits,
+            team_limits=self.fallback or args.team_limits, tokens=args.tokens,
+            team_budget=None, key_budget=None, cost_nanos=0, ttl_ms=args.ttl_ms)
+        return await self._local.admit(local), False, lost
+
+    async def _recall(self, team: str) -> None:
+        """Every process gives back its leases of `team` (one recall at a time per team
+        here: concurrent refusals wait for the one under way)."""
+        if self.announcer is None:
+            return
+        recall = self._recalls.get(team)
+        if recall is None:
+            recall = self._recalls[team] = asyncio.ensure_future(
+                self.announcer.announce(Change(team, leases_only=True)))
+            recall.add_done_callback(lambda _: self._recalls.pop(team, None))
+        with contextlib.suppress(StoreUnavailable):  # else the refusal stands
+            await asyncio.shield(recall)
 
 
 def refusal(result: AdmitResult, p: Principal) -> GatewayError:

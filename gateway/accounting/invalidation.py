@@ -40,6 +40,7 @@ class Change:
     team: str
     key_id: str | None = None  # None: the team's policy (every key of it)
     key_hash: str | None = None  # a key's hash: drops a cached "no such key" too
+    leases_only: bool = False  # a recall: nothing changed, but leases must go back now
 
 
 class Listener(Protocol):
@@ -109,7 +110,8 @@ class Invalidations:
         await apply(self._listeners, change)
         ack = f"turnout:acks:{os.urandom(8).hex()}"
         message = orjson.dumps({"team": change.team, "key": change.key_id,
-                                "hash": change.key_hash, "ack": ack if wait else None})
+                                "hash": change.key_hash, "recall": change.leases_only,
+                                "ack": ack if wait else None})
         heard = await self._store.publish(CHANNEL, message)
         if not wait:
             return
@@ -124,7 +126,7 @@ class Invalidations:
 
     def _received(self, data: bytes) -> None:
         msg = orjson.loads(data)
-        change = Change(msg["team"], msg.get("key"), msg.get("hash"))
+        change = Change(msg["team"], msg.get("key"), msg.get("hash"), bool(msg.get("recall")))
         task = self._loop.create_task(self._handle(change, msg.get("ack")))
         self._acks.add(task)
         task.add_done_callback(self._acks.discard)

@@ -5,9 +5,8 @@ its `Outcome` (what happened, filled in as it is answered); the pipeline calls
 `Meter.settle` with both exactly once (in a `finally`). Settlement runs in the
 background, so it never delays the response. When the store is unreachable the settlement
 is buffered in memory, in order, and a flusher retries until the store is back: no usage
-event is lost while the process lives. A settlement retried after an ambiguous failure
-(a timeout after Redis ran the script) can be recorded twice; events carry the request
-id, so exports can de-duplicate.
+event is lost while the process lives. A settlement sent again after an ambiguous
+failure (a timeout after Redis ran the script) is recognised by its id and applied once.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from gateway.canonical import CanonicalRequest, Deployment, Usage
-from gateway.store import SettleArgs, Store, StoreUnavailable
+from gateway.store import Release, SettleArgs, Store, StoreUnavailable
 from policies.budgets import to_usd
 from policies.keys import Principal
 from policies.pricing import cost_nanos, text_tokens
@@ -39,12 +38,13 @@ class RequestContext:
 
     principal: Principal
     req: CanonicalRequest
+    admission_id: str  # unique: its settlement's id, and its own reservation's
     prompt_estimate: int
     max_output: int  # the most it may generate (its max_tokens, else the default)
     reserved_tokens: int  # on the store's TPM limiters (0 when not admitted by the store)
     ratelimit_headers: tuple[tuple[bytes, bytes], ...]  # x-ratelimit-*, for every response
     reservation: str = ""  # the budget reservation it was admitted under: its own, a lease's
-    reserved_nanos: int = 0  # its part of that reservation
+    reserved_nanos: int = 0  # its part of that reservation (ALL: whatever its own holds)
     from_lease: bool = False  # admitted from this process's lease, no store round trip
 
 
@@ -144,8 +144,8 @@ def settlement(ctx: RequestContext, out: Outcome, now: float | None = None) -> S
     }
     reserved = ctx.reserved_tokens > 0
     return SettleArgs(
-        team=p.team, key_id=p.key_id, reservation=ctx.reservation or req.request_id,
-        reserved_nanos=ctx.reserved_nanos,
+        team=p.team, key_id=p.key_id, settlement=ctx.admission_id,
+        reservation=ctx.reservation or ctx.admission_id, reserved_nanos=ctx.reserved_nanos,
         token_delta=usage.total_tokens - ctx.reserved_tokens if reserved else 0,
         key_tpm=p.key_limits.tpm if reserved else 0,
         team_tpm=p.team_limits.tpm if reserved else 0,
@@ -170,7 +170,7 @@ class Meter:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._queue: deque[SettleArgs] = deque()
+        self._queue: deque[SettleArgs | Release] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._outage = False
@@ -179,12 +179,20 @@ class Meter:
         """Queue the request's settlement (what it is, returned, is also what telemetry
         records of it)."""
         args = settlement(ctx, out)
-        self._queue.append(args)
+        self._enqueue(args)
+        return args
+
+    def release(self, team: str, reservation: str) -> None:
+        """Queue the release of a request's own reservation, whole: its admission may
+        have happened in the store although the request never learned it."""
+        self._enqueue(Release(team, reservation))
+
+    def _enqueue(self, item: SettleArgs | Release) -> None:
+        self._queue.append(item)
         if self._flusher is None or self._flusher.done():
             if self._loop is None:  # asked for once: a getpid() call each on Python 3.11
                 self._loop = asyncio.get_running_loop()
             self._flusher = self._loop.create_task(self._flush())
-        return args
 
     async def _flush(self) -> None:
         queue = self._queue
@@ -199,8 +207,8 @@ class Meter:
                 await asyncio.sleep(_RETRY_S)
                 continue
             except Exception:  # a bug of ours: retrying cannot help, keep the events in the log
-                log.exception("settlement failed; usage events: %s",
-                              b", ".join(a.event for a in batch).decode())
+                log.exception("settlement failed; usage events: %s", b", ".join(
+                    a.event for a in batch if isinstance(a, SettleArgs)).decode())
             for _ in batch:
                 queue.popleft()
             if self._outage:
@@ -216,5 +224,6 @@ class Meter:
             except TimeoutError:
                 self._flusher.cancel()
         for args in self._queue:
-            log.error("usage event not recorded (store unavailable at shutdown): %s",
-                      args.event.decode())
+            if isinstance(args, SettleArgs):
+                log.error("usage event not recorded (store unavailable at shutdown): %s",
+                          args.event.decode())

@@ -4,12 +4,11 @@ response, and cancel the work when the client goes away."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.ids import new_id
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -19,27 +18,11 @@ Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
 
-_rid_prefix = ""
-_rid_counter = itertools.count()
-
-
-def _new_rid_prefix() -> None:
-    # Random per process (forked workers get their own), then a counter: unique without
-    # a syscall per request.
-    global _rid_prefix, _rid_counter
-    _rid_prefix = os.urandom(8).hex()
-    _rid_counter = itertools.count()
-
-
-_new_rid_prefix()
-os.register_at_fork(after_in_child=_new_rid_prefix)
-
-
 def request_id(given: bytes | None) -> str:
     """The client's `x-request-id` when it is a sane one, else a new id."""
     if given and len(given) <= 128 and given.isascii():
         return given.decode()
-    return f"{_rid_prefix}{next(_rid_counter):08x}"
+    return new_id()
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

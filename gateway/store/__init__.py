@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from gateway.store.base import (
+    ALL,
     AdmitArgs,
     AdmitResult,
     LeaseArgs,
     LeaseGrant,
+    Release,
     SettleArgs,
     Store,
     StoreUnavailable,
@@ -23,5 +25,5 @@ def open_store(redis: RedisConnection | None, *, stream_maxlen: int = 1_000_000)
     return MemoryStore(stream_maxlen=min(stream_maxlen, 100_000))
 
 
-__all__ = ["AdmitArgs", "AdmitResult", "LeaseArgs", "LeaseGrant", "MemoryStore", "RedisStore",
-           "SettleArgs", "Store", "StoreUnavailable", "open_store"]
+__all__ = ["ALL", "AdmitArgs", "AdmitResult", "LeaseArgs", "LeaseGrant", "MemoryStore",
+           "RedisStore", "Release", "SettleArgs", "Store", "StoreUnavailable", "open_store"]

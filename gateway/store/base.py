@@ -28,11 +28,17 @@ ROLLUP_METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_toke
                   "saved_tokens", "saved_cost_nanos")  # what response-cache hits saved
 
 
+# How long a settled request's id is remembered, so a settlement sent again (its reply
+# was lost: a stall, a dropped connection) is recognised and not applied twice. Resends
+# follow within seconds of the store answering again; this is ample margin.
+SETTLED_RETENTION_MS = 15 * 60 * 1000
+
+
 @dataclass(slots=True)
 class AdmitArgs:
     team: str
     key_id: str
-    request_id: str
+    reservation: str  # the request's own budget reservation id (unique: its admission id)
     check_key: bool  # refuse when the key's record is gone (revoked)
     key_limits: Limits
     team_limits: Limits
@@ -59,8 +65,9 @@ class AdmitResult:
 class SettleArgs:
     team: str
     key_id: str
-    reservation: str  # the reservation it was admitted under: its request id, or a lease's
-    reserved_nanos: int  # its part of that reservation, given back
+    settlement: str  # unique per admitted request: a second settlement of it is ignored
+    reservation: str  # the reservation it was admitted under: its own, or a lease's
+    reserved_nanos: int  # its part of that reservation, given back (ALL: whatever it holds)
     token_delta: int  # real tokens minus those reserved on the TPM limiters
     key_tpm: int  # the limits the reservation was made under (0: none, or not reserved)
     team_tpm: int
@@ -83,6 +90,19 @@ class SettleArgs:
         return (1, self.prompt_tokens, self.completion_tokens, self.cached_tokens,
                 self.cost_nanos, int(self.cache_hit), int(self.error), int(self.estimated),
                 self.saved_tokens, self.saved_cost_nanos)
+
+
+ALL = -1  # SettleArgs.reserved_nanos: the whole reservation (the request's own)
+
+
+@dataclass(slots=True)
+class Release:
+    """Give back a request's own reservation whole: one whose admission may have happened
+    in the store although the request never got the answer (it then was refused, or
+    admitted by the outage policy). A no-op when there is none."""
+
+    team: str
+    reservation: str
 
 
 @dataclass(slots=True)
@@ -144,12 +164,13 @@ class Store(Protocol):
         ...
 
     async def settle(self, args: SettleArgs) -> None:
-        """Settle an admitted request and record its usage event, atomically."""
+        """Settle an admitted request and record its usage event, atomically, once: a
+        settlement already applied (same `settlement` id) is ignored."""
         ...
 
-    async def settle_many(self, batch: Sequence[SettleArgs]) -> None:
-        """`settle` each, in order, in one round trip. Each settlement is atomic; on
-        StoreUnavailable some may have applied (callers retry: at-least-once)."""
+    async def settle_many(self, batch: Sequence[SettleArgs | Release]) -> None:
+        """Each in order, in one round trip, each atomic. On StoreUnavailable some may
+        have applied: callers send the batch again, which applies each exactly once."""
         ...
 
     # The response cache (gateway/cache): an entry and the lock that coalesces its misses.

@@ -36,12 +36,18 @@ def limiter(key_id: str | None, kind: str) -> str:
 
 
 def budget(name: str) -> str:
-    # HASH: period, spent, reserved, k:<id>:{period,spent,reserved}, r:<request id>
+    # HASH: period, spent, reserved, k:<id>:{period,spent,reserved}, r:<reservation id>
     return f"turnout:{{{name}}}:budget"
 
 
 def reservations(name: str) -> str:
-    return f"turnout:{{{name}}}:resv"  # ZSET request id → expiry (ms)
+    return f"turnout:{{{name}}}:resv"  # ZSET reservation id → expiry (ms)
+
+
+def settled(name: str) -> str:
+    # ZSET settlement id → when (ms): settlements applied, remembered for a while so that
+    # one sent again is not applied twice
+    return f"turnout:{{{name}}}:settled"
 
 
 def rollup(name: str) -> str:

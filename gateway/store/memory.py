@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.store import memory_ledger
-from gateway.store.base import AdmitArgs, AdmitResult, SettleArgs
+from gateway.store.base import AdmitArgs, AdmitResult, Release, SettleArgs
 from gateway.store.memory_ledger import LedgerState
 
 
@@ -79,9 +79,12 @@ class MemoryStore:
     async def settle(self, args: SettleArgs) -> None:
         memory_ledger.settle(self._ledger, args)
 
-    async def settle_many(self, batch: Sequence[SettleArgs]) -> None:
+    async def settle_many(self, batch: Sequence[SettleArgs | Release]) -> None:
         for args in batch:
-            memory_ledger.settle(self._ledger, args)
+            if isinstance(args, SettleArgs):
+                memory_ledger.settle(self._ledger, args)
+            else:
+                memory_ledger.release(self._ledger, args)
 
     async def cache_lookup(self, key: str, lock: str, token: bytes,
                            lock_ttl_s: float) -> tuple[bytes | None, bool]:

@@ -9,7 +9,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from gateway.store import layout
-from gateway.store.base import LIMITERS, ROLLUP_METRICS, AdmitArgs, AdmitResult, SettleArgs
+from gateway.store.base import (
+    ALL,
+    LIMITERS,
+    ROLLUP_METRICS,
+    SETTLED_RETENTION_MS,
+    AdmitArgs,
+    AdmitResult,
+    Release,
+    SettleArgs,
+)
 from policies.budgets import day, period_id
 from policies.ratelimits import LimitState, Verdict, adjust, gcra
 
@@ -113,8 +122,8 @@ def admit(st: LedgerState, a: AdmitArgs) -> AdmitResult:
     if a.cost_nanos > 0 and (a.team_budget is not None or a.key_budget is not None):
         _incr(h, "reserved", a.cost_nanos)
         _incr(h, kprefix + "reserved", a.cost_nanos)
-        h["r:" + a.request_id] = f"{a.cost_nanos} {a.key_id}".encode()
-        resv[a.request_id] = now + a.ttl_ms
+        h["r:" + a.reservation] = f"{a.cost_nanos} {a.key_id}".encode()
+        resv[a.reservation] = now + a.ttl_ms
     states = {name: _state(v, limit) for name, (_, v, limit) in passed.items()}
     return AdmitResult(
         requests=_tighter(states.get("key_rpm"), states.get("team_rpm")),
@@ -122,14 +131,21 @@ def admit(st: LedgerState, a: AdmitArgs) -> AdmitResult:
 
 
 def settle(st: LedgerState, s: SettleArgs) -> None:
+    """Once per settlement id (lua/settle.lua)."""
     now_s = time.time()
     now = now_s * 1000
+    settled = st.zsets.setdefault(layout.settled(s.team), {})
+    if s.settlement in settled:
+        return
+    for old in [sid for sid, when in settled.items() if when < now - SETTLED_RETENTION_MS]:
+        del settled[old]
+    settled[s.settlement] = now
     if s.token_delta:
         for key_id, limit in ((s.key_id, s.key_tpm), (None, s.team_tpm)):
             if limit > 0:
                 lkey = (layout.limiters(s.team), layout.limiter(key_id, "tpm"))
                 st.tats[lkey] = adjust(st.tats.get(lkey, 0.0), now, limit, s.token_delta)
-    _release(st, s.team, s.reservation, s.reserved_nanos)
+    _release(st, s.team, s.reservation, None if s.reserved_nanos == ALL else s.reserved_nanos)
     h = st.hash(layout.budget(s.team))
     kprefix = f"k:{s.key_id}:"
     _balance(h, "", s.team_period, now_s)
@@ -142,3 +158,7 @@ def settle(st: LedgerState, s: SettleArgs) -> None:
         if amount:  # absent reads as 0, as in Redis
             _incr(rollup, prefix + metric, amount)
     st.xadd(layout.events(s.team), s.event, now)
+
+
+def release(st: LedgerState, r: Release) -> None:
+    _release(st, r.team, r.reservation)

@@ -13,10 +13,12 @@ from typing import Any
 from gateway.store import layout
 from gateway.store.base import (
     LIMITERS,
+    SETTLED_RETENTION_MS,
     AdmitArgs,
     AdmitResult,
     LeaseArgs,
     LeaseGrant,
+    Release,
     SettleArgs,
     StoreUnavailable,
 )
@@ -56,6 +58,7 @@ class RedisStore:
         self._admit = _script("admit")
         self._settle = _script("settle")
         self._lease = _script("lease")
+        self._release = _script("release")
         self._cache_lookup = _script("cache_lookup", False)
         self._cache_fill = _script("cache_fill", False)
         self._cache_lock = _script("cache_lock", False)
@@ -109,14 +112,14 @@ class RedisStore:
             if len(self._keys_cache) >= _KEYS_CACHED:
                 self._keys_cache.clear()  # rarely: cheaper than tracking recency
             ledger = (layout.limiters(team), layout.budget(team), layout.reservations(team))
-            names = ((*ledger, layout.rollup(team), layout.events(team)) if settle
-                     else (layout.keys(team), *ledger))
+            names = ((*ledger, layout.rollup(team), layout.events(team), layout.settled(team))
+                     if settle else (layout.keys(team), *ledger))
             keys = self._keys_cache[team, settle] = StableKeys(names)
         return keys
 
     async def admit(self, args: AdmitArgs) -> AdmitResult:
         keys = self._keys(args.team)
-        argv = (args.key_id, args.request_id, int(args.check_key), *args.limits(),
+        argv = (args.key_id, args.reservation, int(args.check_key), *args.limits(),
                 args.tokens, *_budget_args(args.team_budget),
                 *_budget_args(args.key_budget), args.cost_nanos, args.ttl_ms)
         out = await self._redis.evalsha(self._admit, keys, argv)
@@ -137,16 +140,22 @@ class RedisStore:
                 args.prompt_tokens, args.completion_tokens, args.cached_tokens,
                 int(args.cache_hit), int(args.error), int(args.estimated), args.event,
                 self._stream_maxlen, args.saved_tokens, args.saved_cost_nanos,
-                args.reserved_nanos)
+                args.reserved_nanos, args.settlement, SETTLED_RETENTION_MS)
         return ScriptCall(self._settle, keys, argv)
 
     async def settle(self, args: SettleArgs) -> None:
         call = self._settle_call(args)
         await self._redis.evalsha(call.script, call.keys, call.args)
 
-    async def settle_many(self, batch: Sequence[SettleArgs]) -> None:
+    def _release_call(self, args: Release) -> ScriptCall:
+        return ScriptCall(self._release, (layout.budget(args.team),
+                                          layout.reservations(args.team)), (args.reservation,))
+
+    async def settle_many(self, batch: Sequence[SettleArgs | Release]) -> None:
         if batch:  # one write, one round trip; each EVALSHA atomic on its own
-            await self._redis.execute_many([self._settle_call(a) for a in batch])
+            await self._redis.execute_many([
+                self._settle_call(a) if isinstance(a, SettleArgs) else self._release_call(a)
+                for a in batch])
 
     async def lease(self, args: LeaseArgs) -> LeaseGrant:
         keys = self._keys(args.team)

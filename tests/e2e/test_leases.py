@@ -21,8 +21,9 @@ from tests.support.accounts import EXACT_MESSAGES, auth, burst, eventually, new_
 from tests.support.procs import Gateway, RedisServer
 
 S = suffix()
-TEAMS = {name: f"{name}-{S}" for name in ("open", "budget", "revoke", "policy")}
+TEAMS = {name: f"{name}-{S}" for name in ("open", "budget", "revoke", "policy", "exact")}
 KEYS = {name: new_key() for name in TEAMS}
+OTHER_KEY = new_key()  # a second key of team "exact"
 ADMIN = new_key()
 COST_NANOS = 10_000  # 5 output tokens at $2 per 1M (input free): reserved == settled
 FITS = 400  # requests the budget pays for: enough that leases are granted (1/16 >= 4)
@@ -41,8 +42,12 @@ def team_config(name: str) -> dict[str, Any]:
         "budget": {"budget": {"usd": FITS * COST_NANOS / 1e9, "period": "daily"}},
         "revoke": {},
         "policy": {"key_limits": {"rpm": BIG}},
+        "exact": {"budget": {"usd": FITS * COST_NANOS / 1e9, "period": "daily"}},
     }[name]
-    return {"name": TEAMS[name], "keys": [{"id": name, "key": KEYS[name]}], **policy}
+    keys = [{"id": name, "key": KEYS[name]}]
+    if name == "exact":
+        keys.append({"id": "other", "key": OTHER_KEY})
+    return {"name": TEAMS[name], "keys": keys, **policy}
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +137,29 @@ def test_a_budget_with_leases_never_overspends_and_is_spent_to_the_nano(
     watcher.join()
     assert int(ledger.hget(budget_key, "spent") or 0) == budget
     assert peak["committed"] <= budget
+    ledger.close()
+
+
+def test_near_its_budget_every_request_that_fits_is_admitted(
+        gateway: Gateway, sim: ThreadedSim, redis_server: RedisServer) -> None:
+    """Leases on, 4 workers: half the team's budget spent in small bursts by two of its
+    keys (every worker leases shares of the budget for each), then more requests at once
+    on one key than the rest pays for: exactly the rest succeed, although the other key's
+    leases held part of it when the burst came (a refused worker recalls them)."""
+    warm_up = (in_bursts(gateway, KEYS["exact"], FITS // 4, 20)
+               + in_bursts(gateway, OTHER_KEY, FITS // 4, 20))
+    assert {r.status_code for r in warm_up} == {200}
+    upstream_before = sim.sim.stats.requests_total
+    responses = asyncio.run(burst(gateway.url, KEYS["exact"], 300))
+    codes = [r.status_code for r in responses]
+    assert codes.count(200) == FITS // 2, codes.count(200)
+    assert {r.json()["error"]["code"] for r in responses if r.status_code != 200} == {
+        "insufficient_quota"}
+    assert sim.sim.stats.requests_total - upstream_before == FITS // 2
+    ledger = redis.Redis.from_url(redis_server.url)
+    budget_key = layout.budget(TEAMS["exact"])
+    eventually(lambda: int(ledger.hget(budget_key, "spent") or 0) == FITS * COST_NANOS)
+    eventually(lambda: int(ledger.hget(budget_key, "reserved") or 0) == 0, timeout=20)
     ledger.close()
 
 

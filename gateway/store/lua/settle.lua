@@ -1,13 +1,20 @@
 -- Settlement: true up the TPM limiters, release the reservation, add the real cost,
--- update the day's rollup and append the usage event, atomically.
+-- update the day's rollup and append the usage event, atomically, and once: a settlement
+-- id already applied (the same settlement sent again after its reply was lost) returns 0
+-- and changes nothing.
 -- KEYS: 1 limiters (HASH), 2 budget (HASH), 3 reservations (ZSET), 4 rollup (HASH),
---       5 events (STREAM)
--- ARGV: 1 key id, 2 reservation (the request's id, or its lease's), 3 token delta,
+--       5 events (STREAM), 6 settled (ZSET: settlement id → when, ms)
+-- ARGV: 1 key id, 2 reservation (the request's own, or its lease's), 3 token delta,
 --       4 key tpm limit, 5 team tpm limit, 6 cost (nanos), 7 team period, 8 key period,
 --       9 model, 10 prompt tokens, 11 completion tokens, 12 cached tokens, 13 cache hit,
 --       14 error, 15 estimated, 16 event JSON, 17 stream max length, 18 saved tokens,
 --       19 saved cost (nanos): what a response-cache hit did not spend, 20 the request's
---       part of the reservation (nanos)
+--       part of the reservation (nanos; -1: all of it), 21 settlement id, 22 how long
+--       settled ids are remembered (ms)
+local settled, sid = KEYS[6], ARGV[21]
+if redis.call('ZSCORE', settled, sid) then return 0 end
+redis.call('ZREMRANGEBYSCORE', settled, '-inf', now - tonumber(ARGV[22]))
+redis.call('ZADD', settled, now, sid)
 local key_id, rid = ARGV[1], ARGV[2]
 local kprefix = 'k:' .. key_id .. ':'
 local delta = tonumber(ARGV[3])
@@ -37,7 +44,8 @@ local key_spent, key_reserved, key_period = balance(cur, 4, ARGV[8])
 if cur[7] then  -- the request's part of the reservation, given back
   local held, owner = string.match(cur[7], '^(%d+) (.*)$')
   held = tonumber(held)
-  local amount = math.min(tonumber(ARGV[20]), held)
+  local amount = tonumber(ARGV[20])
+  if amount < 0 or amount > held then amount = held end
   team_reserved = team_reserved - amount
   if owner == key_id then
     key_reserved = key_reserved - amount

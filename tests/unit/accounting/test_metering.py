@@ -60,7 +60,7 @@ def test_cost_uses_cached_input_price_and_rounds_once() -> None:
 def admitted(rid: str) -> tuple[RequestContext, Outcome]:
     req = CanonicalRequest("chat", "m", {"messages": []}, request_id=rid)
     out = Outcome(time.monotonic(), status=200, deployment=dep(1, 2), usage=Usage(10, 5))
-    return RequestContext(ANONYMOUS, req, 10, 5, 0, ()), out
+    return RequestContext(ANONYMOUS, req, rid, 10, 5, 0, ()), out
 
 
 async def test_settlements_wait_out_a_store_outage_in_order() -> None:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.store import AdmitArgs, MemoryStore, SettleArgs, Store, layout
+from gateway.store import ALL, AdmitArgs, MemoryStore, Release, SettleArgs, Store, layout
 from policies.budgets import Budget, day, period_id
 from policies.ratelimits import Limits, duration
 from tests.support.procs import REPO, RedisServer
@@ -38,19 +38,20 @@ NONE = Limits()
 def args(team: str, *, key: Limits = NONE, whole: Limits = NONE, tokens: int = 0,
          budget: int | None = None, cost: int = 0, ttl_ms: int = 60_000,
          check: bool = False) -> AdmitArgs:
-    return AdmitArgs(team=team, key_id="k1", request_id=os.urandom(6).hex(), check_key=check,
+    return AdmitArgs(team=team, key_id="k1", reservation=os.urandom(6).hex(), check_key=check,
                      key_limits=key, team_limits=whole, tokens=tokens,
                      team_budget=Budget(budget, "daily") if budget is not None else None,
                      key_budget=None, cost_nanos=cost, ttl_ms=ttl_ms)
 
 
 def settle_args(a: AdmitArgs, *, cost: int = 0, delta: int = 0, model: str = "m") -> SettleArgs:
-    return SettleArgs(team=a.team, key_id=a.key_id, reservation=a.request_id,
+    return SettleArgs(team=a.team, key_id=a.key_id, settlement=a.reservation,
+                      reservation=a.reservation,
                       reserved_nanos=a.cost_nanos, token_delta=delta,
                       key_tpm=a.key_limits.tpm, team_tpm=a.team_limits.tpm, cost_nanos=cost,
                       team_period="daily", key_period="monthly", model=model, prompt_tokens=3,
                       completion_tokens=4, cached_tokens=1, cache_hit=False, error=False,
-                      estimated=True, event=orjson.dumps({"request_id": a.request_id}))
+                      estimated=True, event=orjson.dumps({"request_id": a.reservation}))
 
 
 async def test_rpm_burst_then_refused_with_retry(store: Store, team: str) -> None:
@@ -120,8 +121,43 @@ async def test_settlement_rolls_up_and_appends_event(store: Store, team: str) ->
     assert rollup[f"{today}|m|cost_nanos"] == b"14"
     assert rollup[f"{today}|m|cached_tokens"] == b"2" and rollup[f"{today}|m|estimated"] == b"2"
     events = await store.xrange(layout.events(team), None, 10)
-    assert [orjson.loads(e)["request_id"] for _, e in events] == [a.request_id for a in admitted]
+    assert [orjson.loads(e)["request_id"] for _, e in events] == [a.reservation for a in admitted]
     assert await store.xrange(layout.events(team), events[0][0], 10) == events[1:]
+
+
+async def test_a_settlement_sent_again_is_applied_once(store: Store, team: str) -> None:
+    # A batch resent after its reply was lost (a stall, a dropped connection), and one
+    # settlement sent a third time on its own: one event, one spend, one rollup each.
+    admitted = [args(team, budget=1000, cost=100) for _ in range(3)]
+    for a in admitted:
+        assert (await store.admit(a)).refused == ""
+    batch = [settle_args(a, cost=60) for a in admitted]
+    await store.settle_many(batch)
+    await store.settle_many(batch)
+    await store.settle(batch[0])
+    budget = await store.hgetall(layout.budget(team))
+    assert budget["spent"] == b"180" and budget["reserved"] == b"0"
+    assert not [f for f in budget if f.startswith("r:")]
+    rollup = await store.hgetall(layout.rollup(team))
+    assert rollup[f"{day(time.time())}|m|requests"] == b"3"
+    assert len(await store.xrange(layout.events(team), None, 10)) == 3
+
+
+async def test_a_lost_admission_is_given_back_whole(store: Store, team: str) -> None:
+    # An admission the request never heard of: released by its settlement (ALL: whatever
+    # its own reservation holds) or, when it was refused, by a Release; twice is harmless.
+    lost, refused = args(team, budget=1000, cost=300), args(team, budget=1000, cost=400)
+    for a in (lost, refused):
+        assert (await store.admit(a)).refused == ""
+    assert (await store.hgetall(layout.budget(team)))["reserved"] == b"700"
+    settled = settle_args(lost, cost=0)
+    settled.reserved_nanos, settled.token_delta = ALL, 0
+    await store.settle_many([settled, Release(team, refused.reservation),
+                             Release(team, refused.reservation)])
+    budget = await store.hgetall(layout.budget(team))
+    assert budget["reserved"] == b"0" and budget["spent"] == b"0"
+    assert not [f for f in budget if f.startswith("r:")]
+    assert (await store.admit(args(team, budget=1000, cost=1000))).refused == ""
 
 
 async def test_concurrent_admissions_never_overspend(store: Store, team: str) -> None:

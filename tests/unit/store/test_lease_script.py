@@ -55,14 +55,15 @@ def give_back(team: str, returning: tuple[int, int, int], *,
 
 def admit(team: str, *, rpm: int = 0, tpm: int = 0, tokens: int = 0,
           budget: int | None = None, cost: int = 0) -> AdmitArgs:
-    return AdmitArgs(team=team, key_id=KEY, request_id=os.urandom(6).hex(), check_key=True,
+    return AdmitArgs(team=team, key_id=KEY, reservation=os.urandom(6).hex(), check_key=True,
                      key_limits=Limits(rpm=rpm, tpm=tpm), team_limits=Limits(), tokens=tokens,
                      team_budget=Budget(budget, "daily") if budget else None, key_budget=None,
                      cost_nanos=cost, ttl_ms=60_000)
 
 
 def settle(team: str, reservation: str, reserved: int, cost: int) -> SettleArgs:
-    return SettleArgs(team=team, key_id=KEY, reservation=reservation, reserved_nanos=reserved,
+    return SettleArgs(team=team, key_id=KEY, settlement=os.urandom(6).hex(),
+                      reservation=reservation, reserved_nanos=reserved,
                       token_delta=0, key_tpm=0, team_tpm=0, cost_nanos=cost,
                       team_period="daily", key_period="monthly", model="m", prompt_tokens=1,
                       completion_tokens=1, cached_tokens=0, cache_hit=False, error=False,

@@ -63,7 +63,7 @@ def kill_other_clients(admin: redis.Redis) -> None:
 
 
 def admit_args(team: str) -> AdmitArgs:
-    return AdmitArgs(team=team, key_id="k1", request_id=os.urandom(6).hex(), check_key=False,
+    return AdmitArgs(team=team, key_id="k1", reservation=os.urandom(6).hex(), check_key=False,
                      key_limits=Limits(rpm=1000), team_limits=Limits(), tokens=10,
                      team_budget=None, key_budget=None, cost_nanos=0, ttl_ms=60_000)
 
