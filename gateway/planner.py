@@ -46,12 +46,15 @@ class Planner:
         policy, rc = self._routes[req.model]
         slo_ms = req.slo_ttft_ms or team_slo_ms or rc.slo_ttft_ms
         hints.slo_ttft_s = slo_ms / 1000 if slo_ms else None
-        # Replicas whose /health fails go last (not away: if all fail, still try).
-        healthy = [d for d in deployments if self.board.stats(d).pool.healthy is not False]
+        # Replicas whose /health fails, and deployments stalled on an attempt (latency
+        # outliers: see policies/scoreboard.py), go last: not away, if all are, still try.
+        now = self.board.clock()
+        healthy = [d for d in deployments if (s := self.board.stats(d)).pool.healthy
+                   is not False and not s.stalled(now)]
         plan = policy.plan(req, healthy or deployments, hints)
         if healthy and len(healthy) < len(deployments):
             plan.candidates += [d for d in deployments if d not in healthy]
-            plan.reason += f"; {len(deployments) - len(healthy)} unhealthy skipped"
+            plan.reason += f"; {len(deployments) - len(healthy)} unhealthy or stalled skipped"
         if log.isEnabledFor(logging.DEBUG):
             log.debug("route %s model=%s policy=%s choice=%s reason=%s scores=%s",
                       req.request_id, req.model, plan.policy, plan.candidates[0].id,

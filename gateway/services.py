@@ -42,6 +42,7 @@ from gateway.planner import Planner, PlanStage
 from gateway.registry import Registry, replica_id
 from gateway.simulated import start_simulators
 from gateway.store import RedisStore, Store, open_store
+from gateway.store.breaker import StoreBreaker
 from gateway.telemetry import Telemetry
 from gateway.telemetry.metrics import MeasuredConnection
 from gateway.telemetry.traced import TracedAdmission, TracedAttempts, TracedCache, TracedPlanner
@@ -150,7 +151,8 @@ class Services:
         """The connection to Redis (None: no Redis configured), timed while metrics are on."""
         if self.config.redis is None:
             return None
-        redis: RedisConnection = RespClient(parse_url(self.config.redis.url))
+        # Failing fast while it is down (StoreBreaker), each round trip timed (metrics on).
+        redis: RedisConnection = StoreBreaker(RespClient(parse_url(self.config.redis.url)))
         metrics = self.telemetry.metrics
         return MeasuredConnection(redis, metrics) if metrics is not None else redis
 

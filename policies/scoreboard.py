@@ -26,6 +26,17 @@ def size_bucket(prompt_tokens: int) -> int:
     return bisect.bisect(SIZE_EDGES, prompt_tokens)
 
 
+# Latency outliers: a deployment whose oldest attempt has waited for its first byte longer
+# than STALL_FACTOR x its recent P99 first-byte latency (and at least STALL_MIN_S) is
+# stalled: hung, or suddenly far slower than it was. Routing sends it nothing new until
+# that attempt is answered or gives up, so a hung replica stops taking traffic within a
+# second or two instead of holding every request sent to it until a timeout.
+STALL_MIN_S = 1.0
+STALL_FACTOR = 4.0
+STALL_NO_DATA_S = 5.0  # the threshold while too few first bytes were seen to judge by
+_MIN_SAMPLES = 5
+
+
 @dataclass(slots=True)
 class PoolTelemetry:
     """What a vLLM replica reports about itself (scraped from `/metrics` and `/health`)."""
@@ -62,11 +73,27 @@ class DeploymentStats:
         default_factory=lambda: tuple(WindowedQuantiles() for _ in range(len(SIZE_EDGES) + 1)))
     itl: WindowedQuantiles = field(default_factory=WindowedQuantiles)
     e2e: WindowedQuantiles = field(default_factory=WindowedQuantiles)
+    # The first byte the client could see: a stream's first token, a whole answer's end.
+    first_byte: WindowedQuantiles = field(default_factory=WindowedQuantiles)
+    awaiting: dict[int, float] = field(default_factory=dict)  # attempt → start, until its
+    # first byte (or its end)
     latency: PeakEWMA = field(default_factory=PeakEWMA)  # first byte the client could see
     error_rate: DecayingRate = field(default_factory=DecayingRate)
     last_error: str | None = None
     last_error_at: float | None = None
     pool: PoolTelemetry = field(default_factory=PoolTelemetry)
+
+    def stalled(self, now: float) -> bool:
+        """Whether an attempt has waited for its first byte far longer than usual."""
+        if not self.awaiting:
+            return False
+        waited = now - min(self.awaiting.values())
+        if waited < STALL_MIN_S:
+            return False
+        if self.first_byte.count(now) < _MIN_SAMPLES:
+            return waited > STALL_NO_DATA_S
+        p99 = self.first_byte.quantile(0.99, now) or 0.0
+        return waited > max(STALL_MIN_S, STALL_FACTOR * p99)
 
     def queue_estimate(self) -> float:
         """Requests that would wait at a replica now: the last scrape plus what we sent
@@ -126,15 +153,23 @@ class Scoreboard:
     def snapshot(self) -> dict[str, DeploymentStats]:
         return dict(self._stats)
 
-    def started(self, dep: Deployment) -> DeploymentStats:
+    def started(self, dep: Deployment, attempt: object | None = None) -> DeploymentStats:
+        """An attempt begins; `attempt` (its identity) is watched until its first byte,
+        for `DeploymentStats.stalled`."""
         s = self.by_id(dep.id)
         s.in_flight += 1
         s.requests += 1
+        if attempt is not None:
+            s.awaiting[id(attempt)] = self.clock()
         return s
 
-    def first_token(self, s: DeploymentStats, ttft_s: float, prompt_tokens: int = 0) -> None:
+    def first_token(self, s: DeploymentStats, ttft_s: float, prompt_tokens: int = 0,
+                    attempt: object | None = None) -> None:
         """A stream's first token arrived (recorded now, not when the stream ends)."""
         now = self.clock()
+        if attempt is not None:
+            s.awaiting.pop(id(attempt), None)
+        s.first_byte.add(ttft_s, now)
         s.ttft.add(ttft_s, now)
         p = s.pool
         if p.stale or now - ttft_s >= p.calm_since:  # it started with no queue in sight
@@ -142,22 +177,27 @@ class Scoreboard:
         s.latency.observe(ttft_s, now)
 
     def succeeded(self, s: DeploymentStats, *, e2e_s: float, streamed: bool,
-                  itl_s: float | None = None) -> None:
+                  itl_s: float | None = None, attempt: object | None = None) -> None:
         now = self.clock()
         s.in_flight -= 1
+        if attempt is not None:
+            s.awaiting.pop(id(attempt), None)
         if not streamed:  # the whole answer was the first byte the client could see
             s.latency.observe(e2e_s, now)
+            s.first_byte.add(e2e_s, now)
         s.e2e.add(e2e_s, now)
         if itl_s is not None:
             s.itl.add(itl_s, now)
         s.error_rate.observe(False, now)
 
     def failed(self, s: DeploymentStats, reason: str, *, timeout: bool = False,
-               upstream_fault: bool = True) -> None:
+               upstream_fault: bool = True, attempt: object | None = None) -> None:
         """An attempt that ended badly; `upstream_fault=False` for the client's own doing
         (a rejected request, a client that went away), which says nothing about health."""
         now = self.clock()
         s.in_flight -= 1
+        if attempt is not None:
+            s.awaiting.pop(id(attempt), None)
         if not upstream_fault:
             return
         s.failures += 1

@@ -17,8 +17,9 @@ from the store ahead of need), and by the store, one round trip each, otherwise.
 When the store is unreachable, `admission.on_store_outage` decides: `fail-closed`
 refuses with 503; `fail-open` admits against per-process limiters (the same GCRA, in
 memory; budgets cannot be checked without the shared ledger, so they are not) and the
-usage is recorded once the store is back. After a failure the store is not asked again
-for `_RETRY_S`, so an outage does not cost every request a connect timeout.
+usage is recorded once the store is back. The store's breaker (`gateway/store/
+breaker.py`) makes that decision immediate while Redis is down: an outage does not cost
+every request a timeout.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from policies.ratelimits import Limits
 
 log = logging.getLogger("turnout.admission")
 
-_RETRY_S = 1.0
+_RETRY_AFTER_S = 1  # what a 503 for an unavailable store asks clients to wait
 _KIND = {"rpm": "requests", "tpm": "tokens"}
 _CACHE_MAX = 10_000  # random keys sprayed at us must not grow the cache without bound
 
@@ -171,7 +172,7 @@ class Admission:
         self.announcer = announcer  # recalls other processes' leases near a limit
         self._recalls: dict[str, asyncio.Future[None]] = {}  # team → the recall under way
         self._local = MemoryStore(stream_maxlen=1000)
-        self._down_until = 0.0
+        self._outage = False
 
     async def admit(self, principal: Principal, req: CanonicalRequest,
                     deployments: Sequence[Deployment]) -> RequestContext:
@@ -241,15 +242,20 @@ class Admission:
     async def _decide(self, args: AdmitArgs) -> tuple[AdmitResult, bool, bool]:
         """(verdict, whether the shared store made it, whether an admission in the store
         may have happened unknown to us: it was sent, and its answer lost)."""
-        lost = False
-        if time.monotonic() >= self._down_until:
-            try:
-                return await self.store.admit(args), True, False
-            except StoreUnavailable as err:
-                log.warning("admission: %s; applying %s for %gs", err,
-                            "fail-open" if self.fail_open else "fail-closed", _RETRY_S)
-                self._down_until = time.monotonic() + _RETRY_S
-                lost = True
+        try:
+            result = await self.store.admit(args)
+        except StoreUnavailable as err:
+            # Fails at once while the store is known to be down (gateway/store/breaker.py).
+            if not self._outage:
+                self._outage = True
+                log.warning("admission: %s; applying %s until it is back", err,
+                            "fail-open" if self.fail_open else "fail-closed")
+            lost = True  # it may have been sent and run: its answer is what was lost
+        else:
+            if self._outage:
+                self._outage = False
+                log.info("admission: the store is back")
+            return result, True, False
         if not self.fail_open:
             if lost:  # refused here: whatever the store may have reserved goes back
                 self.meter.release(args.team, args.reservation)
@@ -257,7 +263,7 @@ class Admission:
             raise GatewayError(503, "the rate-limit store is unavailable and the gateway is"
                                " configured to fail closed; try again shortly",
                                type="server_error", code="store_unavailable",
-                               headers={"retry-after": str(int(_RETRY_S))})
+                               headers={"retry-after": str(_RETRY_AFTER_S)})
         local = AdmitArgs(
             team=args.team, key_id=args.key_id, reservation=args.reservation,
             check_key=False, key_limits=self.fallback or args.key_limits,

@@ -80,7 +80,7 @@ class Attempt:
         self.deployment = deployment
         self.breaker = breaker
         self.probe = probe  # this attempt is its half-open circuit's probe
-        self.stats: DeploymentStats = board.started(deployment)
+        self.stats: DeploymentStats = board.started(deployment, self)
         self.started = time.perf_counter()
         self.ttft: float | None = None
         self.reported = False
@@ -91,7 +91,8 @@ class Attempt:
         itl = None
         if self.ttft is not None and chunks > 1:
             itl = (e2e - self.ttft) / (chunks - 1)
-        self.board.succeeded(self.stats, e2e_s=e2e, streamed=self.ttft is not None, itl_s=itl)
+        self.board.succeeded(self.stats, e2e_s=e2e, streamed=self.ttft is not None, itl_s=itl,
+                             attempt=self)
         if self.breaker is not None:
             self.breaker.success(self.board.clock(), self.probe)
 
@@ -101,13 +102,14 @@ class Attempt:
         self.reported = True
         if isinstance(err, UpstreamFailure):
             err.deployment = err.deployment or self.deployment.id
-            self.board.failed(self.stats, err.message,
+            self.board.failed(self.stats, err.message, attempt=self,
                               timeout=err.kind is FailureKind.TIMEOUT,
                               upstream_fault=err.error_class is ErrorClass.RETRYABLE)
             if self.breaker is not None:
                 self._judge(self.breaker, err)
         else:  # cancelled: the client went away (or a hedge lost): nothing about the upstream
-            self.board.failed(self.stats, type(err).__name__, upstream_fault=False)
+            self.board.failed(self.stats, type(err).__name__, upstream_fault=False,
+                              attempt=self)
             if self.breaker is not None:
                 self.breaker.release(self.probe)
 

@@ -111,7 +111,7 @@ class AttemptRunner:
             attempt.failed(err)
             raise err from None
         attempt.ttft = time.perf_counter() - attempt.started
-        self.board.first_token(attempt.stats, attempt.ttft, req.prompt_tokens)
+        self.board.first_token(attempt.stats, attempt.ttft, req.prompt_tokens, attempt)
         return seg
 
 

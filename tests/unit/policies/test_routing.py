@@ -6,6 +6,8 @@ import random
 from collections import Counter
 
 from gateway.canonical import CanonicalRequest, Deployment, Target
+from gateway.config import parse_config
+from gateway.planner import Planner
 from policies.estimators import WindowedQuantiles
 from policies.routing import RouteHints, make_policy
 from policies.routing.latency import Latency
@@ -324,3 +326,37 @@ def test_every_policy_handles_one_and_many_candidates() -> None:
             assert policy.plan(chat(), [PAID], RouteHints()).candidates == [PAID]
             plan = policy.plan(chat(), [*POOL, PAID], RouteHints(slo_ttft_s=0.2))
             assert sorted(d.id for d in plan.candidates) == sorted(d.id for d in [*POOL, PAID])
+
+
+def test_a_stalled_deployment_goes_last_until_its_attempt_is_answered() -> None:
+    """Latency outliers: the planner moves a deployment whose oldest attempt has waited
+    for its first byte far past its own recent P99 (4x, at least 1 s) to the end."""
+    clock = Clock()
+    board = Scoreboard(clock)
+    cfg = parse_config({"providers": [{"name": p, "base_url": f"http://{p}.test/v1"}
+                                      for p in ("a", "b")],
+                        "models": {"m": {"deployments": [
+                            {"target": "a", "model": "m", "price": {"input": 0.1}},
+                            {"target": "b", "model": "m", "price": {"input": 1.0}}]}},
+                        "routing": {"policy": "slo-cost"}})
+    a, b = dep("a/m", 0.1), dep("b/m", 1.0)
+    for _ in range(10):  # a answers its whole requests in 50 ms
+        s = board.started(a, attempt := object())
+        board.succeeded(s, e2e_s=0.05, streamed=False, attempt=attempt)
+    planner = Planner(cfg, board)
+
+    def first() -> str:
+        return planner.plan(chat(), [a, b], RouteHints()).candidates[0].id
+
+    assert first() == "a/m"  # the cheaper one
+    hung = object()
+    board.started(a, hung)
+    clock.now += 0.9  # waiting, but under 1 s: not judged yet
+    assert first() == "a/m"
+    clock.now += 0.2  # 1.1 s > max(1 s, 4 x 50 ms): stalled
+    plan = planner.plan(chat(), [a, b], RouteHints())
+    assert [d.id for d in plan.candidates] == ["b/m", "a/m"]
+    assert "stalled skipped" in plan.reason
+    board.failed(board.stats(a), "timeout", timeout=True, attempt=hung)
+    assert first() == "a/m"  # the hung attempt is over: judged as before
+    assert not board.stats(b).stalled(clock.now)
