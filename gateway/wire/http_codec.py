@@ -21,19 +21,39 @@ def expire(waiter: asyncio.Future[Any]) -> None:
         waiter.set_exception(TimeoutError())
 
 
-class Decoder:
-    """Content-Encoding gzip or deflate (zlib-wrapped, or raw as some servers send it)."""
+_MAX_MEMBERS = 1024  # gzip members one body may hold (aiohttp's cap)
 
-    __slots__ = ("_z",)
+
+class Decoder:
+    """Content-Encoding gzip or deflate (zlib-wrapped, or raw as some servers send it).
+    Output is bounded per call, so a small bomb never inflates past its caller's cap; a
+    gzip body of several members (concatenated) is decoded whole, as aiohttp does."""
+
+    __slots__ = ("_gzip", "_members", "_z")
 
     def __init__(self, coding: str) -> None:
+        self._gzip = coding != "deflate"
         # 47: a gzip or a zlib header, whichever it is; deflate decides on its first byte.
-        self._z: Any = zlib.decompressobj(47) if coding != "deflate" else None
+        self._z: Any = zlib.decompressobj(47) if self._gzip else None
+        self._members = 1
 
-    def decode(self, data: bytes) -> bytes:
-        if self._z is None and data:  # deflate: a zlib header says 8 in its low nibble
-            self._z = zlib.decompressobj(15 if data[0] & 0x0F == 8 else -15)
-        return cast(bytes, self._z.decompress(data)) if self._z is not None else b""
+    def decode(self, data: bytes, limit: int) -> bytes:
+        """At most `limit + 1` bytes: more than `limit` tells the caller it is over."""
+        z = self._z
+        if z is None:
+            if not data:
+                return b""
+            # deflate: a zlib header says 8 in its low nibble, else it is raw
+            z = self._z = zlib.decompressobj(15 if data[0] & 0x0F == 8 else -15)
+        out = cast(bytes, z.decompress(data, limit + 1))
+        while self._gzip and z.eof and z.unused_data and len(out) <= limit:
+            self._members += 1  # another member follows the end of this one
+            if self._members > _MAX_MEMBERS:
+                raise zlib.error("too many gzip members")
+            rest, z = z.unused_data, zlib.decompressobj(47)
+            self._z = z
+            out += z.decompress(rest, limit + 1 - len(out))
+        return out
 
     def finish(self, fed: bool) -> bytes:
         if self._z is None or not fed:  # an empty body (a 204, a HEAD) is not truncated
@@ -61,15 +81,16 @@ _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "accept-enc
                       "connection"})
 
 
-def encode_request(req: UpstreamRequest, path: str, host: str) -> bytes:
-    lines = [f"{req.method} {path} HTTP/1.1\r\nhost: {host}\r\n"
+def encode_request(req: UpstreamRequest, path: str, host: str, extra: str = "") -> bytes:
+    """`extra`: header lines of ours, pre-encoded (a proxy's authorization)."""
+    lines = [f"{req.method} {path} HTTP/1.1\r\nhost: {host}\r\n{extra}"
              f"accept-encoding: gzip, deflate\r\ncontent-length: {len(req.body)}\r\n"]
     lines += [f"{name}: {value}\r\n" for name, value in req.headers.items()
               if name.lower() not in _FRAMING]
     lines.append("\r\n")
     head = "".join(lines)
     # A CR or LF inside a name or value would let it inject headers or requests.
-    breaks = len(lines) + 3
+    breaks = len(lines) + 3 + extra.count("\n")
     if head.count("\n") != breaks or head.count("\r") != breaks:
         raise UpstreamFailure(FailureKind.PROTOCOL, "a header holds a line break")
     try:

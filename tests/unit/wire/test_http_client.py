@@ -10,67 +10,14 @@ import socket
 import ssl
 import struct
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import trustme
 
-from gateway.canonical import FailureKind, UpstreamFailure, UpstreamRequest
+from gateway.canonical import FailureKind, UpstreamFailure
 from gateway.wire.http_client import CUT_OFF, UpstreamClient
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
-
-
-class Server:
-    """A raw TCP server; `handler(reader, writer, n)` serves connection number `n`."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.closed = asyncio.Event()  # set when any connection's client side closed
-        self._server: asyncio.Server | None = None
-
-    async def start(self, tls: ssl.SSLContext | None = None) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"{'https' if tls else 'http'}://localhost:{port}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            await self.handler(reader, writer, self.connections)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
-        """One request (head and content-length body), or None at EOF."""
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            self.closed.set()
-            return None
-        length = 0
-        for line in head.split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.lower() == b"content-length":
-                length = int(value)
-        body = await reader.readexactly(length)
-        self.requests.append(head + body)
-        return head + body
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-
-
-OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}"
-
-
-def post(url: str, headers: dict[str, str] | None = None) -> UpstreamRequest:
-    return UpstreamRequest("POST", url + "/v1/chat", headers or {"x-api-key": "k"}, b"{}")
+from tests.support.raw_http import OK, Server, post, serve_forever
 
 
 @pytest.fixture
@@ -79,13 +26,6 @@ async def client() -> AsyncIterator[UpstreamClient]:
     await c.start()
     yield c
     await c.close()
-
-
-async def serve_forever(server: Server, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter, answer: bytes) -> None:
-    while await server.read_request(reader) is not None:
-        writer.write(answer)
-        await writer.drain()
 
 
 async def test_keep_alive_reuses_one_connection(client: UpstreamClient) -> None:
