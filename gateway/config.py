@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.wire.redis_url import parse_url
+from gateway.wire.redis_url import parse_target
 
 Dialect = Literal["openai", "anthropic", "gemini"]
 SimProfileName = Literal["instant", "fast-gpu", "slow-gpu", "cloud"]
@@ -51,7 +51,7 @@ class RedisConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _parsed(cls, v: str) -> str:
-        parse_url(v)  # what the store will connect with; its errors never quote the URL
+        parse_target(v)  # what the store will connect with; its errors never quote the URL
         return v
 
 
@@ -236,7 +236,11 @@ class FailoverConfig(_Strict):
     breaker: BreakerConfig = BreakerConfig()  # type: ignore[call-arg]
 
 
-NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # policies.keys.NAME: safe inside Redis key names
+# policies.keys.NAME: safe inside Redis key names and URL paths (not "..", not "-x")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# Budgets are counted in integer nano-dollars, exact in Redis's Lua numbers (doubles) up
+# to 2**53: about $9M per period.
+MAX_BUDGET_USD = 9_000_000
 
 
 class LimitsConfig(_Strict):
@@ -245,7 +249,7 @@ class LimitsConfig(_Strict):
 
 
 class BudgetConfig(_Strict):
-    usd: float = Field(ge=0)
+    usd: float = Field(ge=0, le=MAX_BUDGET_USD)
     period: Literal["daily", "monthly"] = "monthly"  # UTC calendar
 
 

@@ -23,7 +23,7 @@ KEY_PREFIX = "tk-"
 ANONYMOUS_TEAM = "anonymous"
 # Team and key ids end up inside Redis key names and `{team}` hash tags: no braces, no
 # colons, no spaces.
-NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # not ".." nor "-x"
 
 
 def new_key() -> str:

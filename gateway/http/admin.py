@@ -6,6 +6,7 @@ the config's pydantic models, so the admin API accepts exactly what the config d
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 from typing import Any
@@ -27,6 +28,7 @@ from policies.ratelimits import Limits
 
 _MAX_BODY = 64 * 1024
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 class NewKey(BaseModel):
@@ -93,7 +95,7 @@ class AdminAPI:
             return 200, *ledger.export(rows, _format(query, "json"))
         if route == ("GET", ("events",), 1):
             rows = await ledger.events(self.services.store, await self._teams(query),
-                                      after=query.get("after"), limit=_limit(query))
+                                      after=_after(query), limit=_limit(query))
             return 200, *ledger.export(rows, _format(query, "jsonl"))
         raise _not_found(f"admin route {method} /admin/{'/'.join(parts)}")
 
@@ -187,8 +189,22 @@ def _dimensions(value: str | None) -> tuple[str, ...]:
 
 def _day(query: dict[str, str], name: str) -> str:
     value = query.get(name, "")
-    if value and not _DAY.match(value):
-        raise bad_request(f"`{name}` is a day, YYYY-MM-DD", param=name)
+    if value:
+        try:
+            if not _DAY.match(value):
+                raise ValueError(value)
+            datetime.date.fromisoformat(value)  # a real day: not 2026-13-45
+        except ValueError:
+            raise bad_request(f"`{name}` is a day, YYYY-MM-DD", param=name) from None
+    return value
+
+
+def _after(query: dict[str, str]) -> str | None:
+    """`after`: an event's id, as the events endpoint returns them (a stream id)."""
+    value = query.get("after")
+    if value is not None and not _STREAM_ID.match(value):
+        raise bad_request("`after` is an event id as returned in `id`, e.g. 1700000000000-0",
+                          param="after")
     return value
 
 

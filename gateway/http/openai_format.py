@@ -95,9 +95,35 @@ def _check_messages(messages: Any) -> None:
         if content is None:
             if role != "assistant":  # assistant turns may carry only tool_calls
                 raise bad_request(f"`{param}.content` is required", param=f"{param}.content")
-        elif not isinstance(content, str | list):
+        elif isinstance(content, list):
+            for j, part in enumerate(content):
+                _check_part(part, f"{param}.content[{j}]")
+        elif not isinstance(content, str):
             raise bad_request(f"`{param}.content` must be a string or a list of parts",
                               param=f"{param}.content")
+
+
+# Content part type → (its field, what that must be): the parts an upstream relies on.
+# Other types pass when they are objects with a `type` (providers add new ones).
+_PARTS: dict[str, tuple[str, Check, str]] = {
+    "text": ("text", lambda v: isinstance(v, str), "a string"),
+    "image_url": ("image_url", lambda v: isinstance(v, str) or (
+        isinstance(v, dict) and isinstance(v.get("url"), str)), "an object with a `url`"),
+    "input_audio": ("input_audio", lambda v: isinstance(v, dict) and isinstance(
+        v.get("data"), str), "an object with `data`"),
+    "refusal": ("refusal", lambda v: isinstance(v, str), "a string"),
+    "file": ("file", lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def _check_part(part: Any, param: str) -> None:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        raise bad_request(f"`{param}` must be an object with a `type`", param=param)
+    rule = _PARTS.get(part["type"])
+    if rule is not None:
+        name, check, expected = rule
+        if not check(part.get(name)):
+            raise bad_request(f"`{param}.{name}` must be {expected}", param=f"{param}.{name}")
 
 
 def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:

@@ -98,12 +98,18 @@ def test_admin_requires_the_admin_key(gateway: Gateway) -> None:
     ("GET", "usage?by=colour", None),
     ("GET", "usage?from=yesterday", None),
     ("GET", "events?limit=0", None),
+    ("PUT", "teams/new-team", {"budget": {"usd": 1e300}}),  # was a 500 (OverflowError)
+    ("PUT", "teams/%2E%2E", {}),  # ".." (a client would resolve it as a path)
+    ("PUT", "teams/%2E%2E", {}),  # ".." (a client would resolve it as a path)
+    ("GET", "usage?from=2026-13-45", None),
+    ("GET", "events?after=garbage", None),  # was a 500 (Redis: Invalid stream ID)
 ])
 def test_admin_bad_input_is_400(gateway: Gateway, method: str, path: str, body: Any) -> None:
     kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
     r = admin(gateway, method, path, headers=ADMIN_HEADERS, **kwargs)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
+    assert "Traceback" not in r.text
     assert admin(gateway, "GET", "teams/new-team", headers=ADMIN_HEADERS).status_code == 404
 
 

@@ -40,6 +40,12 @@ def test_chat_stream_flags() -> None:
     (b'{"model": "m", "messages": [{"role": "user"}]}', "messages[0].content", "required"),
     (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages[0].content",
      "string or a list"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": 5},'
+     b' 7, null]}]}', "messages[0].content[0].text", "must be a string"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "text",'
+     b' "text": "a"}, 7]}]}', "messages[0].content[1]", "object with a `type`"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url",'
+     b' "image_url": {}}]}]}', "messages[0].content[0].image_url", "with a `url`"),
     (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3}',
      "temperature", "between 0 and 2"),
     (b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}',
