@@ -282,15 +282,26 @@ class TeamConfig(_Strict):
     keys: list[KeyConfig] = []
 
 
+class LockoutConfig(_Strict):
+    failures: int = Field(20, ge=0, description="failed authentications per client address"
+                          " before it is locked out (0: never)")
+    window_s: float = Field(60.0, gt=0)
+
+
+MIN_ADMIN_KEY = 32
+
+
 class AuthConfig(_Strict):
     admin_key: str | None = Field(None, description="bearer key for /admin; unset: no admin API")
     cache_ttl_s: float = Field(5.0, ge=0, description="how long a process reuses a key lookup")
+    lockout: LockoutConfig = LockoutConfig()  # type: ignore[call-arg]
 
     @field_validator("admin_key")
     @classmethod
     def _strong(cls, v: str | None) -> str | None:
-        if v and len(v) < 16:
-            raise ValueError("must be at least 16 characters")
+        if v and (len(v) < MIN_ADMIN_KEY or len(set(v)) < 8):
+            raise ValueError(f"must be at least {MIN_ADMIN_KEY} characters, not a repetition"
+                             " (e.g. `openssl rand -hex 24`)")
         return v or None  # an unset ${VAR} turns the admin API off
 
 

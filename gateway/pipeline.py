@@ -41,6 +41,7 @@ from gateway.http.asgi import (
     Scope,
     Send,
     cancel_on_disconnect,
+    client_address,
     read_body,
     request_id,
     send_response,
@@ -108,8 +109,8 @@ class Pipeline:
         cached: CacheTicket | None = None
         try:
             api_key = headers.get(fmt.api_key_header) if fmt.api_key_header else None
-            principal = await self.authenticator.authenticate(headers.get(b"authorization"),
-                                                              api_key)
+            principal = await self.authenticator.authenticate(
+                headers.get(b"authorization"), api_key, client_address(scope))
             raw = await read_body(receive, self.max_body, headers.get(b"content-length"))
             req = fmt.parse(op, raw, rid)
             apply_request_headers(req, headers.get(b"x-turnout-slo-ttft-ms"),

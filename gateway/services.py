@@ -49,9 +49,9 @@ from gateway.telemetry.traced import TracedAdmission, TracedAttempts, TracedCach
 from gateway.telemetry.tracing import Tracing
 from gateway.wire.base import RedisConnection, get
 from gateway.wire.http_client import UpstreamClient
-from gateway.wire.redis_url import parse_url
-from gateway.wire.resp import RespClient
+from gateway.wire.redis_client import open_redis
 from policies.leases import MAX_AGE_S
+from policies.lockout import Lockout
 from policies.scoreboard import Scoreboard
 from selfhost.pool import PoolMonitor, PoolSpec
 
@@ -106,7 +106,8 @@ class Services:
         stack.push_async_callback(store.close)
         self.authenticator = authenticator = Authenticator(
             store, required=cfg.auth_required, admin_key=cfg.auth.admin_key,
-            cache_ttl_s=cfg.auth.cache_ttl_s, declared=declared_principals(cfg.teams))
+            cache_ttl_s=cfg.auth.cache_ttl_s, declared=declared_principals(cfg.teams),
+            lockout=Lockout(cfg.auth.lockout.failures, cfg.auth.lockout.window_s))
         ttl_ms = reservation_ttl_ms(cfg.admission, cfg.server.timeouts.total_s)
         leases = self._lease_holder(store, loop, ttl_ms)
         listeners: list[Listener] = [authenticator, *([leases] if leases is not None else [])]
@@ -148,11 +149,12 @@ class Services:
         gc.freeze()
 
     def _redis(self) -> RedisConnection | None:
-        """The connection to Redis (None: no Redis configured), timed while metrics are on."""
+        """The connection to Redis (None: no Redis configured), timed while metrics are on:
+        one node, the cluster it belongs to, or a Sentinel's master (`open_redis`)."""
         if self.config.redis is None:
             return None
         # Failing fast while it is down (StoreBreaker), each round trip timed (metrics on).
-        redis: RedisConnection = StoreBreaker(RespClient(parse_url(self.config.redis.url)))
+        redis: RedisConnection = StoreBreaker(open_redis(self.config.redis.url))
         metrics = self.telemetry.metrics
         return MeasuredConnection(redis, metrics) if metrics is not None else redis
 

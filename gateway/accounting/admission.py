@@ -30,8 +30,9 @@ import hmac
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from gateway.accounting.accounts import lookup_principal
 from gateway.accounting.invalidation import Announcer, Change
@@ -44,6 +45,7 @@ from gateway.ids import new_id
 from gateway.store import ALL, AdmitArgs, AdmitResult, MemoryStore, Store, StoreUnavailable
 from policies import ratelimits
 from policies.keys import ANONYMOUS, Principal, hash_key
+from policies.lockout import Lockout
 from policies.pricing import max_output_tokens, prompt_tokens, worst_case_nanos
 from policies.ratelimits import Limits
 
@@ -52,6 +54,7 @@ log = logging.getLogger("turnout.admission")
 _RETRY_AFTER_S = 1  # what a 503 for an unavailable store asks clients to wait
 _KIND = {"rpm": "requests", "tpm": "tokens"}
 _CACHE_MAX = 10_000  # random keys sprayed at us must not grow the cache without bound
+T = TypeVar("T")
 
 
 def reservation_ttl_ms(cfg: AdmissionConfig, total_timeout_s: float) -> int:
@@ -70,22 +73,28 @@ def bearer(authorization: bytes | None) -> str | None:
 
 
 class Authenticator:
-    """Bearer key → Principal, cached; a `Listener` of invalidations."""
+    """Bearer key → Principal, cached; a `Listener` of invalidations. Failed attempts are
+    counted per client address (`Lockout`): a locked-out address gets 429 for keys never
+    seen to succeed, without a store lookup, while known-good keys still work from it."""
 
     def __init__(self, store: Store, *, required: bool, admin_key: str | None,
-                 cache_ttl_s: float, declared: dict[str, Principal]) -> None:
+                 cache_ttl_s: float, declared: dict[str, Principal],
+                 lockout: Lockout | None = None) -> None:
         self.store = store
         self.required = required
         self._admin = hash_key(admin_key) if admin_key else None
         self._ttl = cache_ttl_s
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        # Key hash → (until, principal or None: no such key); least recently used first.
+        self._cache: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
+        self._good: OrderedDict[str, None] = OrderedDict()  # hashes seen to succeed
         self._declared = declared  # config keys: they authenticate while the store is down
+        self._lockout = lockout or Lockout(0, 1.0)
         self._generation = 0  # bumped by every forget: a lookup begun before is not cached
 
-    async def authenticate(self, authorization: bytes | None,
-                           api_key: bytes | None = None) -> Principal:
+    async def authenticate(self, authorization: bytes | None, api_key: bytes | None = None,
+                           client: str | None = None) -> Principal:
         """From `Authorization: Bearer KEY`, or a surface's own header (Anthropic's
-        `x-api-key`) passed as `api_key`."""
+        `x-api-key`) passed as `api_key`; `client`: the caller's address (lockouts)."""
         if not self.required:
             return ANONYMOUS
         key = bearer(authorization) or (api_key.decode("latin-1").strip() if api_key else None)
@@ -94,35 +103,58 @@ class Authenticator:
         digest = hash_key(key)
         hit = self._cache.get(digest)
         now = time.monotonic()
-        if hit is None or hit[0] <= now:
-            generation = self._generation
-            try:
-                principal = await lookup_principal(self.store, digest)
-            except StoreUnavailable as err:
-                log.warning("key lookup: %s", err)
-                # A stale entry beats refusing: admission then applies the outage policy.
-                known = hit[1] if hit is not None else self._declared.get(digest)
-                if known is not None:
-                    return known
-                raise GatewayError(503, "the key store is unavailable; try again shortly",
-                                   type="server_error", code="store_unavailable") from None
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            if generation == self._generation:  # else a change it may predate came since
-                self._cache[digest] = (now + self._ttl, principal)
-        else:
+        if hit is not None and hit[0] > now:
+            self._cache.move_to_end(digest)
             principal = hit[1]
+        else:
+            if digest not in self._good:
+                self._check_lockout(client)
+            principal = await self._lookup(digest, hit, now)
         if principal is None:
+            self._lockout.failed(client)
             raise unauthorized("Incorrect API key provided.")
         return principal
+
+    async def _lookup(self, digest: str, hit: tuple[float, Principal | None] | None,
+                      now: float) -> Principal | None:
+        generation = self._generation
+        try:
+            principal = await lookup_principal(self.store, digest)
+        except StoreUnavailable as err:
+            log.warning("key lookup: %s", err)
+            # A stale entry beats refusing: admission then applies the outage policy.
+            known = hit[1] if hit is not None else self._declared.get(digest)
+            if known is not None:
+                return known
+            raise GatewayError(503, "the key store is unavailable; try again shortly",
+                               type="server_error", code="store_unavailable") from None
+        if generation == self._generation:  # else a change it may predate came since
+            _remember(self._cache, digest, (now + self._ttl, principal))
+        if principal is not None:
+            _remember(self._good, digest, None)
+        return principal
+
+    def _check_lockout(self, client: str | None) -> None:
+        wait = self._lockout.retry_after(client)
+        if wait is not None:
+            raise GatewayError(
+                429, "too many failed authentication attempts from this address; try again"
+                f" in {math.ceil(wait)}s", type="rate_limit_error",
+                code="too_many_failed_authentications",
+                headers={"retry-after": str(math.ceil(wait))})
 
     @property
     def admin_enabled(self) -> bool:
         return self._admin is not None
 
-    def is_admin(self, authorization: bytes | None) -> bool:
+    def is_admin(self, authorization: bytes | None, client: str | None = None) -> bool:
+        """Whether this is the admin key (a locked-out address is answered 429)."""
+        self._check_lockout(client)
         key = bearer(authorization)
-        return bool(self._admin and key and hmac.compare_digest(self._admin, hash_key(key)))
+        if self._admin and key and hmac.compare_digest(self._admin, hash_key(key)):
+            return True
+        self._lockout.failed(client)
+        return False
 
     # -- invalidations ---------------------------------------------------------------------
 
@@ -146,6 +178,14 @@ class Authenticator:
     def _forget_all(self) -> None:
         self._generation += 1
         self._cache.clear()
+
+
+def _remember(lru: OrderedDict[str, T], key: str, value: T) -> None:
+    """Put `key` last (most recent); past _CACHE_MAX the least recently used goes."""
+    lru[key] = value
+    lru.move_to_end(key)
+    if len(lru) > _CACHE_MAX:
+        lru.popitem(last=False)
 
 
 class AdmissionStage(Protocol):

@@ -18,7 +18,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.accounting import ledger
 from gateway.config import NAME_PATTERN, BudgetConfig, LimitsConfig, TeamConfig, format_errors
 from gateway.errors import GatewayError, bad_request
-from gateway.http.asgi import Receive, Scope, Send, header, read_body, send_response
+from gateway.http.asgi import (
+    Receive,
+    Scope,
+    Send,
+    client_address,
+    header,
+    read_body,
+    send_response,
+)
 from gateway.http.openai_format import error_body
 from gateway.services import Services
 from gateway.store import layout
@@ -56,7 +64,7 @@ class AdminAPI:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            self._authorize(header(scope, b"authorization"))
+            self._authorize(header(scope, b"authorization"), client_address(scope))
             parts = tuple(p for p in scope["path_params"]["rest"].split("/") if p)
             query = {k: v[-1] for k, v in parse_qs(scope["query_string"].decode()).items()}
             body = b""
@@ -64,11 +72,12 @@ class AdminAPI:
                 body = await read_body(receive, _MAX_BODY, header(scope, b"content-length"))
             status, payload, ctype = await self._route(scope["method"], parts, query, body)
         except GatewayError as err:
-            await send_response(send, err.status, error_body(err), [])
+            await send_response(send, err.status, error_body(err),
+                                [(k.encode(), v.encode()) for k, v in err.headers.items()])
             return
         await send_response(send, status, payload, [], ctype)
 
-    def _authorize(self, authorization: bytes | None) -> None:
+    def _authorize(self, authorization: bytes | None, client: str | None) -> None:
         authenticator = self.services.authenticator
         if authorization is None:
             raise GatewayError(401, "admin API: send `Authorization: Bearer ADMIN_KEY`",
@@ -76,7 +85,7 @@ class AdminAPI:
         if not authenticator.admin_enabled:
             raise GatewayError(403, "the admin API is disabled: set auth.admin_key",
                                code="permission_denied")
-        if not authenticator.is_admin(authorization):
+        if not authenticator.is_admin(authorization, client):
             raise GatewayError(403, "this key is not the admin key", code="permission_denied")
 
     async def _route(self, method: str, parts: tuple[str, ...], query: dict[str, str],

@@ -18,6 +18,12 @@ Headers = list[tuple[bytes, bytes]]
 
 JSON = b"application/json"
 
+def client_address(scope: Scope) -> str | None:
+    """The peer's address (a proxy's, behind one): what authentication lockouts count."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 def request_id(given: bytes | None) -> str:
     """The client's `x-request-id` when it is a sane one, else a new id."""
     if given and len(given) <= 128 and given.isascii():
@@ -32,6 +38,17 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+class RequestBodyError(Exception):
+    """Raised by `receive()` under our server (gateway/wire/server.py) when the request's
+    body cannot be had: malformed framing (400) or not received in time (408). The
+    connection closes after the response; `read_body` makes it the client's error."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 async def read_body(receive: Receive, limit: int, declared: bytes | None) -> bytes:
     """The whole request body, refusing (413) anything over `limit` before buffering it
     (`declared`: the request's content-length header)."""
@@ -40,7 +57,11 @@ async def read_body(receive: Receive, limit: int, declared: bytes | None) -> byt
     chunks: list[bytes] = []
     size = 0
     while True:
-        msg = await receive()
+        try:
+            msg = await receive()
+        except RequestBodyError as err:
+            raise GatewayError(err.status, err.message, code="request_timeout"
+                               if err.status == 408 else "invalid_request_body") from None
         if msg["type"] == "http.disconnect":
             raise asyncio.CancelledError
         part = msg.get("body", b"")

@@ -7,7 +7,15 @@ import time
 import orjson
 
 from gateway.errors import GatewayError
-from gateway.http.asgi import Receive, Scope, Send, header, request_id, send_response
+from gateway.http.asgi import (
+    Receive,
+    Scope,
+    Send,
+    client_address,
+    header,
+    request_id,
+    send_response,
+)
 from gateway.http.client_format import send_error
 from gateway.http.openai_format import OPENAI
 from gateway.services import Services
@@ -22,7 +30,7 @@ class ModelsEndpoint:
         rid = request_id(header(scope, b"x-request-id"))
         try:
             principal = await self.services.authenticator.authenticate(
-                header(scope, b"authorization"))
+                header(scope, b"authorization"), client=client_address(scope))
         except GatewayError as err:
             await send_error(send, OPENAI, err, rid)
             return

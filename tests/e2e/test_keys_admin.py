@@ -198,3 +198,25 @@ def test_no_plaintext_key_in_redis_logs_or_responses(gateway: Gateway,
         assert secret.encode() not in everything
         assert secret not in gateway.logs()
         assert all(secret not in text for text in responses)
+
+
+def test_guessing_keys_locks_the_address_out(tmp_path: Any) -> None:
+    """Brute force is not free: past `auth.lockout.failures` wrong keys from one address,
+    it gets 429 for keys never seen to succeed (client and admin keys alike)."""
+    with ThreadedSim(Simulator("instant")) as sim:
+        gw = Gateway({
+            "auth": {"admin_key": ADMIN, "lockout": {"failures": 3, "window_s": 60}},
+            "providers": [{"name": "sim", "base_url": sim.url + "/v1"}],
+            "models": {"chat": {"deployments": [{"target": "sim", "model": "chat"}]}},
+            "teams": [{"name": ALPHA, "keys": [{"id": "a1", "key": ALPHA_KEY}]}]}, tmp_path)
+        try:
+            assert chat(gw, ALPHA_KEY).status_code == 200  # seen to succeed from here
+            assert [chat(gw, new_key()).status_code for _ in range(3)] == [401] * 3
+            locked = chat(gw, new_key())
+            assert locked.status_code == 429 and int(locked.headers["retry-after"]) > 0
+            assert locked.json()["error"]["code"] == "too_many_failed_authentications"
+            assert chat(gw, ALPHA_KEY).status_code == 200  # a known key still works
+            wrong_admin = admin(gw, "GET", "teams", headers=auth(new_key()))
+            assert wrong_admin.status_code == 429
+        finally:
+            gw.stop()
