@@ -6,18 +6,28 @@ arms a keep-alive timer per request and carries features we do not use. This one
 uvicorn's contract with its `Server` (constructor, `server_state.connections`, `.tasks`,
 `.default_headers`, `shutdown()`), so uvicorn still runs the process: workers, signals,
 lifespan, graceful shutdown. It checks the whole head in one C call, sends a non-streamed
-response in one write and keeps one keep-alive timer per connection. Left out: websockets
-(an upgrade is served as plain HTTP, as by uvicorn without a websocket library),
+response in one write and keeps one timer per connection. Left out: websockets (an
+upgrade is served as plain HTTP, as by uvicorn without a websocket library),
 `limit_concurrency`, access logging, `reset_contextvars`. Proxy headers are middleware in
 `config.loaded_app`, so they still work when asked for.
+
+Added (`ServerLimits`, limits uvicorn lacks): a request's head must end within
+`header_timeout_s` of its first byte and its body within `request_timeout_s` (408), a
+head is at most `max_head_bytes` (431), and a process holds at most `max_connections`
+(more are answered 503 and closed), so slow or half-open clients cannot hold a process's
+file descriptors or memory. The one timer per connection re-arms itself from the
+connection's phase (idle, head, body): no timer per request. A body that turns out
+malformed, or late, after the app has started reaches the app as `RequestBodyError` from
+`receive()`, so the app answers it in its own error format (a 400 or 408), then the
+connection closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -28,40 +38,25 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
-from gateway.http.asgi import ON_DISCONNECT
+from gateway.http.asgi import ON_DISCONNECT, RequestBodyError
+from gateway.wire.limits import ServerLimits
+from gateway.wire.server_cycle import App, Cycle, default_block
 
-Message = dict[str, Any]
-App = Callable[[Message, Any, Any], Awaitable[Any]]
 log = logging.getLogger("uvicorn.error")
 
-# Control characters, CR and LF included: a header holds none (no response splitting).
-# Deleting them and comparing lengths is ~10x faster than a regex search.
-_CTL = bytes((*range(32), 127)).replace(b"\t", b"")
-_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
-_ERROR_500 = ({"type": "http.response.start", "status": 500,
-               "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                           (b"content-length", b"21"), (b"connection", b"close")]},
-              {"type": "http.response.body", "body": b"Internal Server Error"})
 _BAD = b"Invalid HTTP request received."
-# How a response body goes on the wire (RAW: HTTP/1.0 without a length, ended by close).
-LENGTH, CHUNKED, RAW, NONE = 0, 1, 2, 3
-
-# server_state.default_headers (date, server) is a new list once a second: encode it once.
-_defaults: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")
-
-
-def _default_block(headers: list[tuple[bytes, bytes]]) -> bytes:
-    global _defaults
-    if headers is not _defaults[0]:
-        _defaults = (headers, b"".join([b"%b: %b\r\n" % (n, v) for n, v in headers]))
-    return _defaults[1]
+_BAD_BODY = "Invalid HTTP request body received."
+# What the parser is in: between requests, in a head, in a body.
+IDLE, HEAD, BODY = 0, 1, 2
+_refusals = [0.0, 0]  # when refusals were last logged, and how many since
 
 
 class HttpProtocol(asyncio.Protocol):
     """One client connection: parses requests, runs each as a `Cycle`, in order."""
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 _loop: asyncio.AbstractEventLoop | None = None,
+                 limits: ServerLimits | None = None) -> None:
         if not config.loaded:
             config.load()
         self.app: App = config.loaded_app
@@ -71,6 +66,9 @@ class HttpProtocol(asyncio.Protocol):
         self.root_path: str = config.root_path
         self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
         self.keep_alive_s: float = config.timeout_keep_alive
+        self.limits = limits = limits or ServerLimits()
+        # The timer's period: no deadline set later can come before now + tick_s.
+        self.tick_s = min(self.keep_alive_s, limits.header_timeout_s, limits.request_timeout_s)
         self.parser = httptools.HttpRequestParser(self)
         # Answer the first of pipelined requests even if a later one says "close".
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
@@ -84,7 +82,13 @@ class HttpProtocol(asyncio.Protocol):
         self.pipeline: deque[Cycle] = deque()  # parsed, waiting for `active` to finish
         self.timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
-        # The request being parsed; url is b"" between requests.
+        self.phase = IDLE
+        self.since = 0.0  # the first byte of the request being parsed
+        self.head_bytes = 0  # of its head, counted from the second read it spans
+        self.check_head = False  # this read is larger than a head may be: measure it
+        self.rejected: tuple[int, bytes] | None = None  # why a callback stopped the parser
+        self.stopped = False  # the parser stopped: nothing more is read
+        # The request being parsed.
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.expect_100 = False
@@ -92,6 +96,10 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
         self.flow = FlowControl(transport)
+        if len(self.state.connections) >= self.limits.max_connections:
+            _log_refusal(self.limits.max_connections)
+            self.reject(503, b"Too many connections.", b"retry-after: 1\r\n")
+            return
         self.state.connections.add(self)  # type: ignore[arg-type]
         self.server = get_local_addr(transport)
         self.client = get_remote_addr(transport)
@@ -112,22 +120,60 @@ class HttpProtocol(asyncio.Protocol):
         self.flow.resume_writing()  # senders waiting to drain wake up and see the disconnect
 
     def data_received(self, data: bytes) -> None:
+        if self.stopped:
+            return
+        limit = self.limits.max_head_bytes
+        if self.phase == HEAD:  # a head that began in an earlier read: all of this is it
+            self.head_bytes += len(data)
+        self.check_head = len(data) > limit
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # served as HTTP; the parser can't go on: close
             log.warning("Unsupported upgrade request.")
+            self.stopped, self.phase = True, IDLE
             if self.cycle is not None and not self.cycle.complete:
                 self.cycle.keep_alive = False
             else:
                 self.transport.close()
+            return
         except httptools.HttpParserError:
+            self._parse_error()
+            return
+        if self.phase == HEAD and self.head_bytes > limit:  # before llhttp buffers more
+            self._head_too_large()
+
+    def _parse_error(self) -> None:
+        self.stopped = True
+        cycle = self.cycle
+        if self.rejected is not None:
+            self.reject(*self.rejected)
+        elif self.phase == BODY and not (cycle.started or cycle.complete):
+            # The head was fine and the app has the request: it answers in its own format.
+            log.warning(_BAD_BODY)
+            self.phase = IDLE
+            cycle.fail(RequestBodyError(400, _BAD_BODY))
+        else:
             log.warning("Invalid HTTP request received.")
-            if self.active is None:  # else a response is under way: only hang up
-                self.transport.write(b"".join((
-                    STATUS_LINE[400], _default_block(self.state.default_headers),
-                    b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
-                    b"content-length: %d\r\n\r\n%b" % (len(_BAD), _BAD))))
-            self.transport.close()
+            active = self.active
+            if active is None or not active.started or active.head is not None:
+                self.reject(400, _BAD)  # nothing of a response written yet (as uvicorn)
+            self.transport.close()  # else a response is under way: only hang up
+
+    def _head_too_large(self) -> None:
+        log.warning("Request head over %d bytes.", self.limits.max_head_bytes)
+        self.stopped = True
+        if self.active is None:
+            self.reject(431, b"Request header fields too large.")
+        self.transport.close()
+
+    def reject(self, status: int, message: bytes, extra: bytes = b"") -> None:
+        """Answer `status` with `message` as text, outside any request cycle, and close."""
+        self.stopped = True
+        self.transport.write(b"".join((
+            STATUS_LINE[status], default_block(self.state.default_headers),
+            b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n%b"
+            b"content-length: %d\r\n\r\n%b" % (extra, len(message), message))))
+        self.transport.close()
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
@@ -136,10 +182,18 @@ class HttpProtocol(asyncio.Protocol):
         self.flow.resume_writing()
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.phase, self.since, self.head_bytes = HEAD, self.loop.time(), 0
+        self.url, self.headers, self.expect_100 = b"", [], False
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.tick_s, self._tick)
+
     def on_url(self, url: bytes) -> None:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.phase != HEAD:  # a chunked body's trailers: not passed on, not kept
+            return
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect_100 = True
@@ -147,6 +201,12 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser, url, root = self.parser, self.url, self.root_path
+        self.phase = BODY
+        if self.head_bytes or self.check_head:  # a head over several reads, or a big one
+            size = len(url) + sum([len(n) + len(v) + 4 for n, v in self.headers])
+            if size > self.limits.max_head_bytes:
+                self.rejected = (431, b"Request header fields too large.")
+                raise httptools.HttpParserError("head too large")  # stops the parser
         raw_path, _, query = url.partition(b"?")
         if raw_path[:1] != b"/" or b"#" in url:  # absolute form, fragment: the full parse
             parsed = httptools.parse_url(url)
@@ -167,7 +227,6 @@ class HttpProtocol(asyncio.Protocol):
         cycle = self.cycle = Cycle(self, scope, parser.should_keep_alive(), self.expect_100,
                                    version == "1.0", method == "HEAD")
         scope["extensions"] = {ON_DISCONNECT: cycle.on_disconnect}
-        self.url, self.headers, self.expect_100 = b"", [], False
         if self.active is None:
             self._run(cycle)
         else:  # pipelined: answered in order; stop reading until it is this one's turn
@@ -185,6 +244,7 @@ class HttpProtocol(asyncio.Protocol):
             cycle.wake()
 
     def on_message_complete(self) -> None:
+        self.phase = IDLE
         cycle = self.cycle
         if not cycle.complete:
             cycle.more_body = False
@@ -210,6 +270,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.pipeline:
             self._run(self.pipeline.popleft())
+            if self.phase == BODY and self.cycle is self.active:  # its body is read from now
+                self.since = self.loop.time()
+                self._arm()
         else:
             self.active = None
             self._idle()
@@ -217,178 +280,59 @@ class HttpProtocol(asyncio.Protocol):
             self.flow.resume_reading()
 
     def _idle(self) -> None:
-        # One timer per connection, re-armed when it fires early: none per request.
         self.idle_since = self.loop.time()
-        if self.timer is None:
-            self.timer = self.loop.call_later(self.keep_alive_s, self._idle_check)
+        self._arm()
 
-    def _idle_check(self) -> None:
+    def _arm(self) -> None:
+        # One timer per connection, firing every tick_s while a deadline is set: none per
+        # request. A deadline set later is at least tick_s away, so none is missed.
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.tick_s, self._tick)
+
+    def _tick(self) -> None:
         self.timer = None
-        if self.active is not None or self.url or self.transport.is_closing():
-            return  # busy: the next _idle() re-arms
-        left = self.idle_since + self.keep_alive_s - self.loop.time()
-        if left > 0:
-            self.timer = self.loop.call_later(left, self._idle_check)
+        if self.transport.is_closing() or self.stopped:
+            return
+        phase, limits = self.phase, self.limits
+        if phase == HEAD:
+            due = self.since + limits.header_timeout_s
+        elif phase == BODY and (self.active is None or self.cycle is self.active):
+            due = self.since + limits.request_timeout_s
+        elif phase == IDLE and self.active is None:
+            due = self.idle_since + self.keep_alive_s
+        else:  # answering (a queued request's body is not read yet): the next phase re-arms
+            return
+        now = self.loop.time()
+        if now < due:
+            self.timer = self.loop.call_at(min(due, now + self.tick_s), self._tick)
+        elif phase == HEAD:
+            self._late(f"head not received within {limits.header_timeout_s:g}s")
+        elif phase == BODY:
+            self._late(f"body not received within {limits.request_timeout_s:g}s")
         else:
             self.transport.close()
 
+    def _late(self, what: str) -> None:
+        """A request's head or body missed its deadline: 408 and close, in the app's
+        format when the app has the request already."""
+        log.warning("Request %s.", what)
+        cycle, self.stopped = self.cycle, True
+        if self.phase == BODY and not (cycle.started or cycle.complete):
+            self.phase = IDLE
+            cycle.fail(RequestBodyError(408, f"Request {what}."))
+        elif self.active is None:
+            self.reject(408, f"Request {what}.".encode())
+        else:  # a response is under way (a pipelined head stalls): end with it
+            (self.pipeline[-1] if self.pipeline else self.active).keep_alive = False
+            if self.phase == BODY:
+                self.transport.close()
 
-class Cycle:
-    """One request and its response: the ASGI `receive` and `send` of one app call."""
 
-    __slots__ = ("body", "complete", "disconnected", "end_sent", "event", "expect_100",
-                 "head", "head_only", "http10", "keep_alive", "left", "mode", "more_body",
-                 "proto", "remaining", "scope", "started", "task")
-
-    def __init__(self, proto: HttpProtocol, scope: Message, keep_alive: bool,
-                 expect_100: bool, http10: bool, head_only: bool) -> None:
-        self.proto, self.scope, self.keep_alive = proto, scope, keep_alive
-        self.expect_100, self.http10, self.head_only = expect_100, http10, head_only
-        self.body = b""
-        self.more_body = True
-        self.end_sent = False  # the last http.request message went to the app
-        self.event: asyncio.Event | None = None  # made only when receive() has to wait
-        self.disconnected = self.started = self.complete = False
-        self.mode, self.remaining = LENGTH, 0
-        self.head: bytes | None = None  # held back to go out with the body in one write
-        self.task: asyncio.Task[None] | None = None
-        self.left: Callable[[], None] | None = None  # called if the client disconnects
-
-    def on_disconnect(self, callback: Callable[[], None] | None) -> None:
-        """The `ON_DISCONNECT` extension: `callback` is called when the client goes away
-        before the response is complete (None: not any more). Saves the app a task
-        blocked on `receive()` to learn it."""
-        self.left = callback
-
-    async def run(self, app: App) -> None:
-        try:
-            await app(self.scope, self.receive, self.send)
-        except BaseException as exc:
-            if self.disconnected and isinstance(exc, asyncio.CancelledError):
-                return  # the app giving up on a client that left: nothing to report
-            log.error("Exception in ASGI application\n", exc_info=exc)
-            if not self.started or self.head is not None:  # nothing written yet
-                await self._error_500()
-            elif not self.complete:
-                self.proto.transport.close()
-        else:
-            if self.disconnected or self.complete:
-                return
-            if not self.started:
-                log.error("ASGI callable returned without starting response.")
-                await self._error_500()
-            else:
-                log.error("ASGI callable returned without completing response.")
-                self.proto.transport.close()
-        finally:
-            self.proto.state.tasks.discard(self.task)
-
-    async def _error_500(self) -> None:
-        if not self.disconnected and not self.complete:
-            self.started, self.head = False, None
-            for message in _ERROR_500:
-                await self.send(message)
-
-    def wake(self) -> None:
-        event, self.event = self.event, None
-        if event is not None:
-            event.set()
-
-    async def receive(self) -> Message:
-        if self.expect_100:
-            self.expect_100 = False
-            if not self.proto.transport.is_closing():
-                self.proto.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        # Wait for body; once it is all read, for the client to leave or the response to end.
-        while not (self.body or self.disconnected or self.complete
-                   or (not self.more_body and not self.end_sent)):
-            if self.proto.cycle is self:  # not while a later pipelined request waits
-                self.proto.flow.resume_reading()
-            if self.event is None:
-                self.event = asyncio.Event()
-            await self.event.wait()
-        if self.disconnected or self.complete:
-            return {"type": "http.disconnect"}
-        body, self.body = self.body, b""
-        self.end_sent = not self.more_body
-        return {"type": "http.request", "body": body, "more_body": self.more_body}
-
-    async def send(self, message: Message) -> None:
-        proto = self.proto
-        if proto.flow.write_paused and not self.disconnected:
-            await proto.flow.drain()
-        if self.disconnected:
-            return
-        if not self.started:
-            if message["type"] != "http.response.start":
-                raise RuntimeError("Expected ASGI message 'http.response.start', "
-                                   f"but got '{message['type']}'.")
-            self._start(message)
-            return
-        if self.complete or message["type"] != "http.response.body":
-            raise RuntimeError(f"Unexpected ASGI message '{message['type']}' sent.")
-        body = message.get("body", b"")
-        more = message.get("more_body", False)
-        if self.mode == LENGTH:
-            self.remaining -= len(body)
-            if self.remaining < 0:
-                raise RuntimeError("Response content longer than Content-Length")
-            if self.head is not None:
-                body, self.head = self.head + body, None
-            if body:
-                proto.transport.write(body)
-        else:  # each message goes out at once (never hold back SSE), the head with the first
-            if self.mode == CHUNKED:
-                out = (b"%x\r\n%b\r\n%b" % (len(body), body, b"" if more else b"0\r\n\r\n")
-                       if body else b"" if more else b"0\r\n\r\n")
-            else:  # RAW, or NONE (no body: the head alone)
-                out = body if self.mode == RAW else b""
-            if self.head is not None:
-                out, self.head = self.head + out, None
-            if out:
-                proto.transport.write(out)
-        if not more:
-            if self.remaining:
-                raise RuntimeError("Response content shorter than Content-Length")
-            self.complete = True
-            self.wake()
-            if not self.keep_alive:
-                proto.transport.close()
-            proto.response_complete()
-
-    def _start(self, message: Message) -> None:
-        status = message["status"]
-        keep, length, chunked, closing = self.keep_alive, -1, False, False
-        parts: list[bytes] = []
-        for name, value in message.get("headers", ()):
-            name = name.lower()
-            if name in _FRAMING:
-                if name == b"content-length":
-                    length = int(value) if length < 0 else length
-                elif name == b"transfer-encoding":
-                    chunked = b"chunked" in value.lower()
-                elif b"close" in [t.strip() for t in value.lower().split(b",")]:
-                    keep, closing = False, True
-            parts += (name, b": ", value, b"\r\n")
-        block = b"".join(parts)
-        if len(block.translate(None, _CTL)) != len(block) - (len(parts) >> 1):  # CRLF a line
-            raise RuntimeError("Invalid HTTP header name or value.")
-        extra = b""
-        if self.head_only or status in (204, 304) or status < 200:
-            self.mode = NONE
-        elif chunked:
-            self.mode = CHUNKED
-        elif length >= 0:
-            self.mode, self.remaining = LENGTH, length
-        elif self.http10:  # no chunked encoding in HTTP/1.0: the close ends the body
-            self.mode, keep = RAW, False
-        else:
-            self.mode, extra = CHUNKED, b"transfer-encoding: chunked\r\n"
-        if not keep and not closing:
-            extra += b"connection: close\r\n"
-        elif keep and self.http10:  # HTTP/1.0 stays open only if the response says so
-            extra += b"connection: keep-alive\r\n"
-        head = b"".join((STATUS_LINE[status], _default_block(self.proto.state.default_headers),
-                         block, extra, b"\r\n"))
-        self.keep_alive, self.started, self.expect_100 = keep, True, False
-        self.head = head  # goes out with the first body message: one write, not two
+def _log_refusal(cap: int) -> None:
+    """A refused connection, logged at most once a minute (a flood would flood the log)."""
+    _refusals[1] += 1
+    now = time.monotonic()
+    if now - _refusals[0] >= 60:
+        log.warning("Refused %d connection(s): %d open, the limit (server.limits."
+                    "max_connections).", _refusals[1], cap)
+        _refusals[0], _refusals[1] = now, 0
