@@ -23,6 +23,7 @@ from gateway.http.anthropic_format import ANTHROPIC
 from gateway.http.client_format import ClientFormat
 from gateway.http.models import ModelsEndpoint
 from gateway.http.openai_format import OPENAI, error_body
+from gateway.http.openapi import OpenApiEndpoint
 from gateway.http.ops import FailoverDebug, MetricsEndpoint, Readyz, healthz
 from gateway.services import Services
 
@@ -74,6 +75,7 @@ def create_app(config: Config) -> FastPaths:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", Readyz(services), methods=["GET"]),
         Route("/debug/failover", FailoverDebug(services), methods=["GET"]),
+        Route("/openapi.json", OpenApiEndpoint(config), methods=["GET"]),
         Route("/admin/{rest:path}", AdminAPI(services), methods=["GET", "POST", "PUT", "DELETE"]),
     ]
     if config.telemetry.metrics:  # Prometheus

@@ -19,7 +19,18 @@ import orjson
 
 from gateway.canonical import CanonicalRequest, StreamChunk, Usage, usage_from_json
 from gateway.errors import GatewayError, bad_request
-from gateway.http.validation import Check, at_least, between, check_fields, parse_json
+from gateway.http.validation import (
+    BOOLEAN,
+    LIST,
+    OBJECT,
+    JsonSchema,
+    Rule,
+    Rules,
+    at_least,
+    between,
+    check_fields,
+    parse_json,
+)
 from gateway.wire.sse import encode
 
 # OpenAI finish_reason → Anthropic stop_reason: the inverse of adapters.anthropic's mapping.
@@ -37,18 +48,31 @@ _ERROR_TYPES = {
     529: "overloaded_error",
 }
 
-_FIELDS: dict[str, tuple[Check, str]] = {
-    "stream": (lambda v: isinstance(v, bool), "a boolean"),
-    "temperature": (between(0, 1), "a number between 0 and 1"),
-    "top_p": (between(0, 1), "a number between 0 and 1"),
-    "top_k": (at_least(0), "an integer >= 0"),
-    "stop_sequences": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
-                       "a list of strings"),
-    "metadata": (lambda v: isinstance(v, dict), "an object"),
-    "tools": (lambda v: isinstance(v, list), "a list"),
-    "tool_choice": (lambda v: isinstance(v, dict)
-                    and v.get("type") in ("auto", "any", "tool", "none"),
-                    "an object with `type` auto, any, tool or none"),
+_CHOICES = ("auto", "any", "tool", "none")
+FIELDS: Rules = {  # optional; the required ones are checked in `canonical`
+    "stream": BOOLEAN,
+    "temperature": between(0, 1),
+    "top_p": between(0, 1),
+    "top_k": at_least(0),
+    "stop_sequences": Rule(lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+                           "a list of strings", {"type": "array", "items": {"type": "string"}}),
+    "metadata": OBJECT,
+    "tools": LIST,
+    "tool_choice": Rule(lambda v: isinstance(v, dict) and v.get("type") in _CHOICES,
+                        "an object with `type` auto, any, tool or none", {
+                            "type": "object", "required": ["type"],
+                            "properties": {"type": {"enum": list(_CHOICES)}}}),
+}
+# What `canonical` requires, as JSON Schema (for the API document).
+REQUIRED: JsonSchema = {
+    "model": {"type": "string", "minLength": 1},
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "messages": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["role", "content"], "properties": {
+            "role": {"enum": ["user", "assistant"]},
+            "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {
+                "type": "object", "required": ["type"],
+                "properties": {"type": {"type": "string"}}}}]}}}},
 }
 
 
@@ -235,7 +259,7 @@ def canonical(raw: bytes, request_id: str) -> CanonicalRequest:
     limit = src.get("max_tokens")
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise _fail("max_tokens", "is required and must be an integer >= 1")
-    check_fields(src, _FIELDS)
+    check_fields(src, FIELDS)
     system = _system(src.get("system"))
     messages = ([system] if system else []) + _messages(src.get("messages"))
     body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": limit}

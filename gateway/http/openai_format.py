@@ -13,7 +13,22 @@ import orjson
 
 from gateway.canonical import CanonicalRequest, Operation, StreamChunk
 from gateway.errors import GatewayError, bad_request
-from gateway.http.validation import Check, at_least, between, check_fields, is_int, parse_json
+from gateway.http.validation import (
+    BOOLEAN,
+    INTEGER,
+    LIST,
+    OBJECT,
+    STRING,
+    JsonSchema,
+    Rule,
+    Rules,
+    at_least,
+    between,
+    check_fields,
+    is_int,
+    one_of,
+    parse_json,
+)
 from gateway.wire.sse import encode
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -38,35 +53,46 @@ def _str_or_tokens(v: Any) -> bool:
     return all(isinstance(x, list) and x and all(is_int(t) for t in x) for x in v)
 
 
-# Optional fields: (check, what the message says is expected). `None` always passes:
-# clients send explicit nulls for "default".
-_COMMON: dict[str, tuple[Check, str]] = {
-    "stream": (lambda v: isinstance(v, bool), "a boolean"),
-    "stream_options": (lambda v: isinstance(v, dict), "an object"),
-    "temperature": (between(0, 2), "a number between 0 and 2"),
-    "top_p": (between(0, 1), "a number between 0 and 1"),
-    "n": (at_least(1), "an integer >= 1"),
-    "max_tokens": (at_least(1), "an integer >= 1"),
-    "seed": (is_int, "an integer"),
-    "stop": (_stop, "a string or a list of at most 4 strings"),
-    "presence_penalty": (between(-2, 2), "a number between -2 and 2"),
-    "frequency_penalty": (between(-2, 2), "a number between -2 and 2"),
-    "user": (lambda v: isinstance(v, str), "a string"),
+STOP = Rule(_stop, "a string or a list of at most 4 strings", {"anyOf": [
+    {"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]})
+# Prompts and embedding inputs (required: checked in `canonical`).
+PROMPT = Rule(_str_or_tokens, "a string, a list of strings or token ids", {"anyOf": [
+    {"type": "string"},
+    {"type": "array", "minItems": 1, "items": {"type": "string"}},
+    {"type": "array", "minItems": 1, "items": {"type": "integer"}},
+    {"type": "array", "minItems": 1,
+     "items": {"type": "array", "minItems": 1, "items": {"type": "integer"}}}]})
+
+# Optional fields. `None` always passes: clients send explicit nulls for "default".
+_COMMON: Rules = {
+    "stream": BOOLEAN,
+    "stream_options": OBJECT,
+    "temperature": between(0, 2),
+    "top_p": between(0, 1),
+    "n": at_least(1),
+    "max_tokens": at_least(1),
+    "seed": INTEGER,
+    "stop": STOP,
+    "presence_penalty": between(-2, 2),
+    "frequency_penalty": between(-2, 2),
+    "user": STRING,
 }
-_CHAT = {
+CHAT_FIELDS: Rules = {
     **_COMMON,
-    "max_completion_tokens": (at_least(1), "an integer >= 1"),
-    "tools": (lambda v: isinstance(v, list), "a list"),
-    "response_format": (lambda v: isinstance(v, dict) and isinstance(v.get("type"), str),
-                        "an object with a `type`"),
-    "logprobs": (lambda v: isinstance(v, bool), "a boolean"),
-    "top_logprobs": (between(0, 20), "an integer between 0 and 20"),
+    "max_completion_tokens": at_least(1),
+    "tools": LIST,
+    "response_format": Rule(lambda v: isinstance(v, dict) and isinstance(v.get("type"), str),
+                            "an object with a `type`", {
+                                "type": "object", "required": ["type"],
+                                "properties": {"type": {"type": "string"}}}),
+    "logprobs": BOOLEAN,
+    "top_logprobs": between(0, 20, integer=True),
 }
-_COMPLETIONS = {**_COMMON, "echo": (lambda v: isinstance(v, bool), "a boolean")}
-_EMBEDDINGS: dict[str, tuple[Check, str]] = {
-    "dimensions": (at_least(1), "an integer >= 1"),
-    "encoding_format": (lambda v: v in ("float", "base64"), "'float' or 'base64'"),
-    "user": (lambda v: isinstance(v, str), "a string"),
+COMPLETIONS_FIELDS: Rules = {**_COMMON, "echo": BOOLEAN}
+EMBEDDINGS_FIELDS: Rules = {
+    "dimensions": at_least(1),
+    "encoding_format": one_of("float", "base64"),
+    "user": STRING,
 }
 
 
@@ -86,7 +112,7 @@ def _check_messages(messages: Any) -> None:
         if not isinstance(m, dict):
             raise bad_request(f"`{param}` must be an object", param=param)
         role = m.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:  # (a dict cannot be looked up)
             raise bad_request(
                 f"`{param}.role` must be one of {', '.join(sorted(_ROLES))}",
                 param=f"{param}.role",
@@ -103,27 +129,41 @@ def _check_messages(messages: Any) -> None:
                               param=f"{param}.content")
 
 
-# Content part type → (its field, what that must be): the parts an upstream relies on.
-# Other types pass when they are objects with a `type` (providers add new ones).
-_PARTS: dict[str, tuple[str, Check, str]] = {
-    "text": ("text", lambda v: isinstance(v, str), "a string"),
-    "image_url": ("image_url", lambda v: isinstance(v, str) or (
-        isinstance(v, dict) and isinstance(v.get("url"), str)), "an object with a `url`"),
-    "input_audio": ("input_audio", lambda v: isinstance(v, dict) and isinstance(
-        v.get("data"), str), "an object with `data`"),
-    "refusal": ("refusal", lambda v: isinstance(v, str), "a string"),
-    "file": ("file", lambda v: isinstance(v, dict), "an object"),
+# Content part type → the rule of its field of the same name: the parts an upstream relies
+# on. Other types pass when they are objects with a `type` (providers add new ones).
+_PARTS: Rules = {
+    "text": STRING,
+    "image_url": Rule(lambda v: isinstance(v, str) or (
+        isinstance(v, dict) and isinstance(v.get("url"), str)), "an object with a `url`", {
+            "anyOf": [{"type": "string"}, {"type": "object", "required": ["url"],
+                                           "properties": {"url": {"type": "string"}}}]}),
+    "input_audio": Rule(lambda v: isinstance(v, dict) and isinstance(v.get("data"), str),
+                        "an object with `data`", {"type": "object", "required": ["data"],
+                                                  "properties": {"data": {"type": "string"}}}),
+    "refusal": STRING,
+    "file": OBJECT,
 }
 
 
 def _check_part(part: Any, param: str) -> None:
     if not isinstance(part, dict) or not isinstance(part.get("type"), str):
         raise bad_request(f"`{param}` must be an object with a `type`", param=param)
-    rule = _PARTS.get(part["type"])
-    if rule is not None:
-        name, check, expected = rule
-        if not check(part.get(name)):
-            raise bad_request(f"`{param}.{name}` must be {expected}", param=f"{param}.{name}")
+    name = part["type"]
+    rule = _PARTS.get(name)
+    if rule is not None and not rule.check(part.get(name)):
+        raise bad_request(f"`{param}.{name}` must be {rule.expected}", param=f"{param}.{name}")
+
+
+# What `_check_messages` accepts, as JSON Schema (for the API document).
+MESSAGES_SCHEMA: JsonSchema = {"type": "array", "minItems": 1, "items": {
+    "type": "object", "required": ["role"], "properties": {
+        "role": {"type": "string", "enum": sorted(_ROLES)},
+        "content": {"anyOf": [
+            {"type": "string"}, {"type": "null"},
+            {"type": "array", "items": {"oneOf": [
+                {"type": "object", "required": ["type", name],
+                 "properties": {"type": {"const": name}, name: rule.schema}}
+                for name, rule in _PARTS.items()]}}]}}}}
 
 
 def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
@@ -141,17 +181,17 @@ def canonical(op: Operation, raw: bytes, request_id: str) -> CanonicalRequest:
     model = _model(body)
     if op == "chat":
         _check_messages(body.get("messages"))
-        check_fields(body, _CHAT)
+        check_fields(body, CHAT_FIELDS)
     elif op == "completions":
-        if not _str_or_tokens(body.get("prompt")):
+        if not PROMPT.check(body.get("prompt")):
             raise bad_request("`prompt` is required: a string, a list of strings or token ids",
                               param="prompt")
-        check_fields(body, _COMPLETIONS)
+        check_fields(body, COMPLETIONS_FIELDS)
     else:
-        if not _str_or_tokens(body.get("input")):
+        if not PROMPT.check(body.get("input")):
             raise bad_request("`input` is required: a string, a list of strings or token ids",
                               param="input")
-        check_fields(body, _EMBEDDINGS)
+        check_fields(body, EMBEDDINGS_FIELDS)
         return CanonicalRequest(op, model, body, request_id=request_id)
     stream, include_usage = _stream_flags(body)
     return CanonicalRequest(op, model, body, stream, include_usage, request_id)
