@@ -20,11 +20,12 @@ from gateway.errors import GatewayError
 from gateway.http import asgi
 from gateway.http.admin import AdminAPI
 from gateway.http.anthropic_format import ANTHROPIC
+from gateway.http.asgi import PublicNames
 from gateway.http.client_format import ClientFormat
 from gateway.http.models import ModelsEndpoint
 from gateway.http.openai_format import OPENAI, error_body
 from gateway.http.openapi import OpenApiEndpoint
-from gateway.http.ops import FailoverDebug, MetricsEndpoint, Readyz, healthz
+from gateway.http.ops import FailoverDebug, MetricsEndpoint, OpsListener, Readyz, healthz
 from gateway.services import Services
 
 CONFIG_ENV = "TURNOUT_CONFIG"
@@ -42,44 +43,64 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 class LLMEndpoint:
-    """One POST endpoint of a client format: the request runs the pipeline."""
+    """One POST endpoint of a client format: the request runs the pipeline. `public`:
+    the responses' deployment names rewritten (`server.deployment_header`); None: as
+    they are, at no cost."""
 
-    def __init__(self, op: Operation, services: Services, fmt: ClientFormat) -> None:
+    def __init__(self, op: Operation, services: Services, fmt: ClientFormat,
+                 public: PublicNames | None = None) -> None:
         self.op = op
         self.services = services
         self.fmt = fmt
+        self.public = public
 
     async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send
                        ) -> None:
+        if self.public is not None:
+            send = self.public.wrap(send)
         await self.services.pipeline.serve(scope, receive, send, self.op, self.fmt)
 
 
 def create_app(config: Config) -> FastPaths:
     services = Services(config)
 
+    server = config.server
+    ops = (Starlette(routes=ops_routes(services, config, True),
+                     exception_handlers={HTTPException: _http_error})
+           if server.ops_port is not None else None)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.start()
+        listener = None
         try:
+            if ops is not None and server.ops_port is not None:
+                listener = OpsListener(ops)
+                port = await listener.start(server.ops_host or server.host, server.ops_port,
+                                            reuse_port=server.workers > 1)
+                logging.getLogger("turnout").info("ops endpoints on port %d", port)
             yield
         finally:
+            if listener is not None:
+                await listener.stop()
             await services.stop()
 
+    public = (PublicNames(server.deployment_header, [p.name for p in config.pools])
+              if server.deployment_header != "id" else None)
     routes = [
-        Route("/v1/chat/completions", LLMEndpoint("chat", services, OPENAI), methods=["POST"]),
-        Route("/v1/completions", LLMEndpoint("completions", services, OPENAI),
+        Route("/v1/chat/completions", LLMEndpoint("chat", services, OPENAI, public),
               methods=["POST"]),
-        Route("/v1/embeddings", LLMEndpoint("embeddings", services, OPENAI), methods=["POST"]),
-        Route("/v1/messages", LLMEndpoint("chat", services, ANTHROPIC), methods=["POST"]),
+        Route("/v1/completions", LLMEndpoint("completions", services, OPENAI, public),
+              methods=["POST"]),
+        Route("/v1/embeddings", LLMEndpoint("embeddings", services, OPENAI, public),
+              methods=["POST"]),
+        Route("/v1/messages", LLMEndpoint("chat", services, ANTHROPIC, public),
+              methods=["POST"]),
         Route("/v1/models", ModelsEndpoint(services), methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", Readyz(services), methods=["GET"]),
-        Route("/debug/failover", FailoverDebug(services), methods=["GET"]),
         Route("/openapi.json", OpenApiEndpoint(config), methods=["GET"]),
         Route("/admin/{rest:path}", AdminAPI(services), methods=["GET", "POST", "PUT", "DELETE"]),
+        *ops_routes(services, config, ops is None),
     ]
-    if config.telemetry.metrics:  # Prometheus
-        routes.append(Route("/metrics", MetricsEndpoint(services), methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
     app.state.services = services
@@ -104,6 +125,18 @@ class FastPaths:
                 await endpoint(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def ops_routes(services: Services, config: Config, internals: bool) -> list[Route]:
+    """Liveness and readiness (load balancers probe the public port too); with
+    `internals`, the failover state and the metrics (on the ops port once there is one)."""
+    routes = [Route("/healthz", healthz, methods=["GET"]),
+              Route("/readyz", Readyz(services), methods=["GET"])]
+    if internals:
+        routes.append(Route("/debug/failover", FailoverDebug(services), methods=["GET"]))
+        if config.telemetry.metrics:  # Prometheus
+            routes.append(Route("/metrics", MetricsEndpoint(services), methods=["GET"]))
+    return routes
 
 
 def configure_logging() -> None:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.wire.limits import ClientLimits, ServerLimits
+from gateway.wire.proxy import DIRECT, parse_proxy
 from gateway.wire.redis_url import parse_target
 
 Dialect = Literal["openai", "anthropic", "gemini"]
@@ -34,6 +36,24 @@ class Timeouts(_Strict):
     total_s: float = Field(600.0, gt=0)
 
 
+_SERVER_LIMITS, _CLIENT_LIMITS = ServerLimits(), ClientLimits()  # the defaults, written once
+
+
+class ServerLimitsConfig(_Strict):
+    """What a client may hold (gateway/wire/server.py; `http: httptools` has only
+    uvicorn's `limit_concurrency`, set to max_connections)."""
+
+    max_connections: int = Field(_SERVER_LIMITS.max_connections, ge=1, description=(
+        "per process; more are answered 503 and closed (also kept under the open-file"
+        " limit)"))
+    max_head_bytes: int = Field(_SERVER_LIMITS.max_head_bytes, ge=1024,
+                                description="request line and headers; more: 431")
+    header_timeout_s: float = Field(_SERVER_LIMITS.header_timeout_s, gt=0, description=(
+        "from a request's first byte to the end of its head; later: 408"))
+    request_timeout_s: float = Field(_SERVER_LIMITS.request_timeout_s, gt=0, description=(
+        "from a request's first byte to the end of its body; later: 408"))
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -43,6 +63,41 @@ class ServerConfig(_Strict):
     # The HTTP/1.1 protocol uvicorn runs: ours (gateway/wire/server.py, lighter), or
     # uvicorn's own httptools one, kept as the fallback it replaces.
     http: Literal["turnout", "httptools"] = "turnout"
+    limits: ServerLimitsConfig = ServerLimitsConfig()  # type: ignore[call-arg]
+    # A second listener for /metrics, /debug/failover, /readyz and /healthz; once set,
+    # the first two are no longer served on `port`.
+    ops_port: int | None = Field(None, ge=0, le=65535)
+    ops_host: str | None = Field(None, description="default: host")
+    # x-turnout-deployment: the deployment's id (a pool replica's names its address),
+    # only its provider or pool name, or no header.
+    deployment_header: Literal["id", "name", "off"] = "id"
+
+    @model_validator(mode="after")
+    def _ops_port(self) -> ServerConfig:
+        if self.ops_port is not None and self.ops_port == self.port and self.port:
+            raise ValueError("ops_port: must differ from port")
+        return self
+
+
+class UpstreamConfig(_Strict):
+    """What the upstream HTTP client accepts (gateway/wire/http_client.py); over a cap the
+    attempt fails as upstream_protocol_error (502) and its connection is dropped."""
+
+    trust_env: bool = Field(True, description="HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY")
+    max_headers: int = Field(_CLIENT_LIMITS.max_headers, ge=1)
+    max_header_bytes: int = Field(_CLIENT_LIMITS.max_header_bytes, ge=256,
+                                  description="one header, name and value")
+    max_body_bytes: int = Field(_CLIENT_LIMITS.max_body_bytes, ge=1024,
+                                description="a non-streamed answer, decoded")
+    max_error_body_bytes: int = Field(_CLIENT_LIMITS.max_error_body_bytes, ge=1024,
+                                      description="an error answer (3xx to 5xx)")
+    max_sse_event_bytes: int = Field(_CLIENT_LIMITS.max_sse_event_bytes, ge=1024,
+                                     description="one streamed event, its lines together")
+    max_decompression_ratio: float = Field(_CLIENT_LIMITS.max_decompression_ratio, ge=1,
+                                           description="decoded/encoded, past the first MiB")
+
+    def limits(self) -> ClientLimits:
+        return ClientLimits(**self.model_dump(exclude={"trust_env"}))
 
 
 class RedisConfig(_Strict):
@@ -95,6 +150,33 @@ class Provider(_Strict):
     # Active health check while its circuit is open: a 1-token chat request, GET {base}/models
     # (no tokens, but a weaker signal), or none (half-open after the cooldown regardless).
     health_check: Literal["chat", "models", "off"] = "chat"
+    # How it is reached (gateway/wire/proxy.py, tls.py): an http:// proxy URL (credentials
+    # as ${ENV}), "direct", or unset for HTTP(S)_PROXY / NO_PROXY; a PEM CA bundle trusted
+    # instead of the system's; a client certificate (and key, unless in the same file).
+    proxy: str | None = None
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str | None) -> str | None:
+        if v and v != DIRECT:
+            parse_proxy(v)  # its errors never quote the URL (it may hold credentials)
+        return v or None
+
+    @field_validator("ca_file", "client_cert", "client_key")
+    @classmethod
+    def _file(cls, v: str | None) -> str | None:
+        if v and not os.path.isfile(v):
+            raise ValueError(f"no such file: {v}")
+        return v or None
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> Provider:
+        if self.client_key and not self.client_cert:
+            raise ValueError("client_key: needs client_cert")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -375,6 +457,7 @@ class Config(_Strict):
     cache: CacheConfig = CacheConfig()  # type: ignore[call-arg]
     failover: FailoverConfig = FailoverConfig()  # type: ignore[call-arg]
     telemetry: TelemetryConfig = TelemetryConfig()  # type: ignore[call-arg]
+    upstream: UpstreamConfig = UpstreamConfig()  # type: ignore[call-arg]
 
     @property
     def auth_required(self) -> bool:

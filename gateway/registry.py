@@ -11,6 +11,7 @@ from __future__ import annotations
 from adapters import get_adapter
 from gateway.canonical import Deployment, Target
 from gateway.config import Config, DeploymentConfig, Price, Provider
+from gateway.wire.tls import Egress
 
 
 def provider_base(provider: Provider, simulated: dict[str, list[str]]) -> tuple[str, str | None]:
@@ -45,6 +46,13 @@ class Registry:
             return ()
         extra = (mc.context_window_fallback,) if mc.context_window_fallback else ()
         return (*mc.fallbacks, *extra)
+
+    def egress(self) -> list[tuple[str, Egress]]:
+        """(base URL, how to reach it) of each real provider with its own proxy, CA or
+        client certificate: what the HTTP client applies by URL prefix."""
+        return [(p.base_url, Egress(p.proxy, p.ca_file, p.client_cert, p.client_key))
+                for p in self._providers.values() if p.name not in self.simulated
+                and (p.proxy or p.ca_file or p.client_cert)]
 
     def set_members(self, pool: str, roots: list[str]) -> None:
         self.members = {**self.members, pool: sorted(roots)}

@@ -79,7 +79,9 @@ class Services:
         loop = asyncio.get_running_loop()
         simulated = await start_simulators(cfg, stack)
         self.registry = registry = Registry(cfg, simulated)
-        self.client = client = UpstreamClient(connect_timeout=cfg.server.timeouts.connect_s)
+        self.client = client = UpstreamClient(
+            connect_timeout=cfg.server.timeouts.connect_s, limits=cfg.upstream.limits(),
+            egress=registry.egress(), trust_env=cfg.upstream.trust_env)
         await client.start()
         stack.push_async_callback(client.close)
 

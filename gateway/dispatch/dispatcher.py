@@ -31,6 +31,7 @@ from gateway.dispatch.failover import Failover
 from gateway.dispatch.run import Run
 from gateway.dispatch.stream import UpstreamStream
 from gateway.wire.base import HttpClient, HttpResponse
+from gateway.wire.redact import redact
 from policies.breakers import Breakers, Pass
 from policies.routing.base import Plan
 from policies.scoreboard import Scoreboard
@@ -116,11 +117,11 @@ class AttemptRunner:
 
 
 def _redacted(failure: UpstreamFailure, dep: Deployment) -> UpstreamFailure:
-    """Upstream messages sometimes echo the key they were sent; never pass that on."""
-    key = dep.target.api_key
-    if key and key in failure.message:
-        failure.message = failure.message.replace(key, "***")
-        failure.args = (failure.message,)
+    """Upstream messages sometimes echo the key they were sent, whole, in part or in
+    another case, and may quote other credentials: never pass those on (wire/redact.py)."""
+    target = dep.target
+    failure.message = redact(failure.message, (target.api_key, *target.headers.values()))
+    failure.args = (failure.message,)
     return failure
 
 

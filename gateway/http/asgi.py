@@ -1,10 +1,12 @@
 """Small raw-ASGI helpers for the hot path: the request's id, read a bounded body, send a
-response, and cancel the work when the client goes away."""
+response, cancel the work when the client goes away, and deployment names without
+addresses."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from gateway.errors import GatewayError
@@ -147,3 +149,47 @@ async def cancel_on_disconnect(scope: Scope, receive: Receive, work: Awaitable[N
             timer.cancel()
         if watcher is not None:
             watcher.cancel()
+
+
+class PublicNames:
+    """Deployment names without addresses (`server.deployment_header: name | off`): the
+    x-turnout-deployment header gives only the provider or pool name (`name`) or is left
+    out (`off`), and an error naming a pool replica (`gpu/10.0.0.5:8000`) names its pool.
+    Wraps `send` only when configured: the default costs nothing."""
+
+    def __init__(self, mode: str, pools: Iterable[str]) -> None:
+        self.keep = mode == "name"
+        names = sorted((re.escape(n.encode()) for n in pools), key=len, reverse=True)
+        # A pool's name, a slash, the replica's address: up to a space, quote or comma.
+        self._replica = (re.compile(rb"(?<![\w.-])(" + b"|".join(names) + rb")/[^\s\"',;]+")
+                         if names else None)
+
+    def _headers(self, headers: Headers) -> Headers:
+        return [(n, v.partition(b"/")[0]) if n == b"x-turnout-deployment" else (n, v)
+                for n, v in headers if self.keep or n != b"x-turnout-deployment"]
+
+    def wrap(self, send: Send) -> Send:
+        held: list[Message] = []  # an error's head, until its body has been rewritten
+        replica = self._replica
+
+        async def public(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": self._headers(message.get("headers", []))}
+                if message["status"] >= 400 and replica is not None:
+                    held.append(message)  # its body's length may change
+                    return
+            elif replica is not None and message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                whole = held and not message.get("more_body")
+                if whole or b"error" in body:  # an error answer, or a stream's error event
+                    body = replica.sub(rb"\1", body)
+                    message = {**message, "body": body}
+                if held:
+                    start = held.pop()
+                    if whole:
+                        start["headers"] = [(n, b"%d" % len(body) if n == b"content-length"
+                                             else v) for n, v in start["headers"]]
+                    await send(start)
+            await send(message)
+
+        return public

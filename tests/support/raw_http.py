@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 
 from gateway.canonical import UpstreamRequest
@@ -74,3 +75,20 @@ async def serve_forever(server: Server, reader: asyncio.StreamReader,
         await writer.drain()
 
 
+
+
+class ThreadedServer:
+    """A `Server` on its own loop in a thread: a raw upstream for a gateway running in
+    another process (tests/e2e)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = Server(handler)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.url = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
