@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from gateway.accounting.admission import AdmissionStage, Authenticator
@@ -98,15 +98,14 @@ class Pipeline:
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, op: Operation,
                     fmt: ClientFormat) -> None:
-        """One LLM request, from its ASGI scope to its settlement."""
+        """One LLM request, from its ASGI scope to its settlement: authenticated and parsed
+        here, the rest in `handle` (the response cancelled if the client leaves)."""
         arrived = time.monotonic()
         headers = dict(scope["headers"])  # one pass; a repeated header: its last value
         rid = request_id(headers.get(b"x-request-id"))
-        tel = self.telemetry
-        trace = tel.begin(scope, op) if tel is not None else None
+        trace = self.telemetry.begin(scope, op) if self.telemetry is not None else None
         principal: Principal | None = None
         req: CanonicalRequest | None = None
-        cached: CacheTicket | None = None
         try:
             api_key = headers.get(fmt.api_key_header) if fmt.api_key_header else None
             principal = await self.authenticator.authenticate(
@@ -115,9 +114,28 @@ class Pipeline:
             req = fmt.parse(op, raw, rid)
             apply_request_headers(req, headers.get(b"x-turnout-slo-ttft-ms"),
                                   headers.get(b"x-turnout-priority"))
+        except BaseException as err:
+            await self._refuse(err, send, fmt, rid, arrived, req, principal, trace)
+            return
+        await self.handle(principal, req, fmt, send, arrived=arrived, trace=trace,
+                          raw_headers=scope["headers"],
+                          run=lambda work: cancel_on_disconnect(scope, receive, work, self.loop))
+
+    async def handle(self, principal: Principal, req: CanonicalRequest, fmt: ClientFormat,
+                     send: Send, *, arrived: float, trace: RequestTrace | None = None,
+                     raw_headers: Sequence[tuple[bytes, bytes]] = (),
+                     run: Callable[[Awaitable[None]], Awaitable[None]] | None = None) -> None:
+        """An authenticated, parsed request, from the cache to its settlement, answered
+        through `send` in `fmt` (an HTTP client's, or an in-process caller's such as the
+        batch lane). `raw_headers`: the request's, for its cache directives; `run`: how the
+        response's work is awaited (the HTTP surface cancels it when the client leaves)."""
+        tel = self.telemetry
+        rid = req.request_id
+        cached: CacheTicket | None = None
+        try:
             deps = self._deployments(principal, req)
             if self.cache is not None:
-                cached = await self.cache.lookup(principal, req, scope["headers"])
+                cached = await self.cache.lookup(principal, req, raw_headers)
             if cached is not None and cached.entry is not None:
                 ctx = await self.admission.admit_hit(principal, req)
             else:
@@ -125,12 +143,7 @@ class Pipeline:
         except BaseException as err:
             if self.cache is not None and cached is not None:
                 self.cache.abandon(cached)  # a miss that was to lead: a waiter leads instead
-            status = await self._refused(err, send, fmt, rid)
-            if tel is not None:
-                code = err.code if isinstance(err, GatewayError) else None
-                tel.refused(rid, status, code, arrived, req, principal, trace)
-            if not isinstance(err, Exception):
-                raise  # cancelled: the client left before its request was admitted
+            await self._refuse(err, send, fmt, rid, arrived, req, principal, trace)
             return
         if tel is not None:
             tel.admitted(ctx, trace)
@@ -148,7 +161,7 @@ class Pipeline:
                 plan = self._plan(ctx, deps)
                 respond = self._stream if req.stream else self._complete
                 work = respond(ctx, plan, out, reply)
-            await cancel_on_disconnect(scope, receive, work, self.loop)
+            await (run(work) if run is not None else work)
         except GatewayError as err:  # planning refused it (shed): admitted, so settled
             out.status = err.status
             await send_error(send, fmt, err, rid, reply.headers)
@@ -184,17 +197,23 @@ class Pipeline:
                 for d in self.registry.models.get(m, ())]
         return deps + more if more else deps
 
-    @staticmethod
-    async def _refused(err: BaseException, send: Send, fmt: ClientFormat, rid: str) -> int:
-        """Answer a request refused before admission; its status (499: the client left)."""
+    async def _refuse(self, err: BaseException, send: Send, fmt: ClientFormat, rid: str,
+                      arrived: float, req: CanonicalRequest | None,
+                      principal: Principal | None, trace: RequestTrace | None) -> None:
+        """Answer a request refused before admission (re-raises a cancellation: the
+        client left before its request was admitted, 499)."""
+        status, code = 499, None
         if isinstance(err, GatewayError):
+            status, code = err.status, err.code
             await send_error(send, fmt, err, rid)
-            return err.status
-        if isinstance(err, Exception):
+        elif isinstance(err, Exception):
             log.exception("unhandled error admitting request %s", rid)
+            status = 500
             await send_error(send, fmt, _internal(rid), rid)
-            return 500
-        return 499
+        if self.telemetry is not None:
+            self.telemetry.refused(rid, status, code, arrived, req, principal, trace)
+        if not isinstance(err, Exception):
+            raise err
 
     def _plan(self, ctx: RequestContext, deps: list[Deployment]) -> Plan:
         req, principal = ctx.req, ctx.principal
