@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.procs import Gateway, RedisServer
+from tests.support.procs import Gateway, RedisCluster, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -14,6 +14,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 masters and 3 replicas, shared like `redis_server` (tests that
+    fail nodes over start their own)."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
 
 
 GatewayFactory = Callable[..., Gateway]

@@ -1,20 +1,29 @@
 """Where a Redis connection goes: a `redis.url` parsed once (config checks it the same way,
 without opening anything), and the socket opened for a protocol.
 
-The forms redis-py took; errors never quote the URL, which may hold a password.
+The forms redis-py takes, plus the two it has no URL for: several hosts (the seed nodes of
+a cluster) and Sentinel, in the form of the Redis-Sentinel-Url package (also Prefect's and
+docket's): `redis+sentinel://[user:pass@]host[:port][,host2[:port2]…]/service_name[/db]`,
+`rediss+sentinel://` with TLS to the sentinels and the master alike. The URL's credentials
+are the master's; the sentinels' own, when they have any, are the `sentinel_username` and
+`sentinel_password` options (as redis-py's `sentinel_kwargs`). Errors never quote the URL,
+which may hold a password.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _QUERY_OPTIONS = frozenset({"db", "username", "password", "ssl_cert_reqs", "ssl_ca_certs",
                             "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"})
+_SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password"})
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
               "required": ssl.CERT_REQUIRED}
+_SCHEMES = "redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://"
+SENTINEL_PORT = 26379
 
 
 @dataclass(frozen=True)
@@ -44,38 +53,104 @@ class RedisEndpoint:
         """`text` with the password masked: for anything that may reach a log."""
         return text.replace(self.password, "***") if self.password else text
 
+    def at(self, host: str, port: int) -> RedisEndpoint:
+        """The same credentials and TLS, on another node (a cluster's, Sentinel's master)."""
+        return replace(self, host=host, port=port, path=None)
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """A `redis+sentinel://` URL: ask `sentinels` where `service`'s master is, then connect
+    there as `master` says (its credentials, database and TLS; its host is a placeholder)."""
+
+    sentinels: tuple[RedisEndpoint, ...]
+    service: str
+    master: RedisEndpoint
+
+
+# A plain URL names one node, or several (a cluster's seed nodes, tried in order).
+RedisTarget = tuple[RedisEndpoint, ...] | SentinelTarget
+
 
 def parse_url(url: str) -> RedisEndpoint:
-    """The forms redis-py took: redis://[[user]:password@]host[:port][/db], rediss://…
-    (TLS), unix://[[user]:password@]/path/to.sock; query options db, username, password
-    and ssl_cert_reqs / ssl_ca_certs / ssl_certfile / ssl_keyfile / ssl_check_hostname.
-    Errors never quote the URL: it may hold a password."""
+    """One node's URL: redis://[[user]:password@]host[:port][/db], rediss://… (TLS),
+    unix://[[user]:password@]/path/to.sock; query options db, username, password and
+    ssl_cert_reqs / ssl_ca_certs / ssl_certfile / ssl_keyfile / ssl_check_hostname."""
+    target = parse_target(url)
+    if isinstance(target, SentinelTarget) or len(target) != 1:
+        raise ValueError("redis url: names more than one server")
+    return target[0]
+
+
+def parse_target(url: str) -> RedisTarget:
+    """Any accepted `redis.url` (see the module's docstring). Errors never quote it."""
     try:
         parts = urlsplit(url)
-        port = parts.port or 6379
         options = {name: values[0] for name, values in parse_qs(parts.query).items()}
     except ValueError:
         raise ValueError("redis url: cannot parse it") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("redis url: must start with redis://, rediss:// or unix://")
-    unknown = options.keys() - _QUERY_OPTIONS
+    scheme = parts.scheme.lower()
+    sentinel = scheme in ("redis+sentinel", "rediss+sentinel")
+    if scheme not in ("redis", "rediss", "unix") and not sentinel:
+        raise ValueError(f"redis url: must start with {_SCHEMES}")
+    unknown = options.keys() - _QUERY_OPTIONS - (_SENTINEL_OPTIONS if sentinel else set())
     if unknown:
         raise ValueError(f"redis url: unsupported options {sorted(unknown)}")
-    username = unquote(parts.username) if parts.username else options.get("username")
-    password = unquote(parts.password) if parts.password else options.get("password")
-    unix = parts.scheme == "unix"
-    db_text = options.get("db") or ("" if unix else unquote(parts.path).strip("/")) or "0"
-    try:
-        db = int(db_text)
-    except ValueError:
-        raise ValueError("redis url: the database must be a number") from None
-    if unix:
+    userinfo, _, netloc = parts.netloc.rpartition("@")
+    user, _, secret = userinfo.partition(":")
+    username = unquote(user) if user else options.get("username")
+    password = unquote(secret) if secret else options.get("password")
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    tls = _tls_context(options) if scheme in ("rediss", "rediss+sentinel") else None
+    if scheme == "unix":
         if not parts.path:
             raise ValueError("redis url: unix:// needs a socket path")
-        return RedisEndpoint(path=unquote(parts.path), db=db, username=username, password=password)
-    tls = _tls_context(options) if parts.scheme == "rediss" else None
-    return RedisEndpoint(host=unquote(parts.hostname or "localhost"), port=port, db=db, tls=tls,
-                  username=username, password=password)
+        return (RedisEndpoint(path=unquote(parts.path), db=_db(options.get("db") or "0"),
+                              username=username, password=password),)
+    if sentinel:
+        if not path:
+            raise ValueError("redis url: redis+sentinel:// needs the master's service name")
+        if len(path) > 2:
+            raise ValueError("redis url: redis+sentinel:// takes /service_name[/db]")
+        master = RedisEndpoint(db=_db(options.get("db") or (path[1] if len(path) > 1 else "0")),
+                               tls=tls, username=username, password=password)
+        watchers = RedisEndpoint(tls=tls, username=options.get("sentinel_username"),
+                                 password=options.get("sentinel_password"))
+        return SentinelTarget(tuple(watchers.at(host, port)
+                                    for host, port in _hosts(netloc, SENTINEL_PORT)),
+                              path[0], master)
+    if len(path) > 1:
+        raise ValueError("redis url: the path is the database number")
+    node = RedisEndpoint(db=_db(options.get("db") or (path[0] if path else "0")), tls=tls,
+                         username=username, password=password)
+    return tuple(node.at(host, port) for host, port in _hosts(netloc, 6379))
+
+
+def _db(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("redis url: the database must be a number") from None
+
+
+def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
+    """`host[:port]` pairs, comma-separated (IPv6 in brackets); an empty netloc is
+    localhost."""
+    out = []
+    for item in netloc.split(",") if netloc else ["localhost"]:
+        if item.startswith("["):  # [v6] or [v6]:port
+            host, _, rest = item[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else rest
+        else:
+            host, _, port_text = item.partition(":")
+        try:
+            port = int(port_text) if port_text else default_port
+        except ValueError:
+            raise ValueError("redis url: cannot parse it") from None
+        if not 0 < port < 65536 or not host:
+            raise ValueError("redis url: cannot parse it")
+        out.append((unquote(host).lower(), port))
+    return out
 
 
 def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
@@ -83,12 +158,18 @@ def _tls_context(options: dict[str, str]) -> ssl.SSLContext:
     reqs = options.get("ssl_cert_reqs", "required").lower()
     if reqs not in _CERT_REQS:
         raise ValueError("redis url: ssl_cert_reqs must be none, optional or required")
-    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    try:
+        context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    except OSError:  # ssl.SSLError too
+        raise ValueError("redis url: cannot read the ssl_ca_certs file") from None
     context.check_hostname = reqs != "none" and options.get(
         "ssl_check_hostname", "true").lower() in ("1", "true", "yes", "on")
     context.verify_mode = _CERT_REQS[reqs]
     if "ssl_certfile" in options:  # a client certificate (mutual TLS)
-        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+        try:
+            context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+        except OSError:
+            raise ValueError("redis url: cannot read the ssl_certfile / ssl_keyfile") from None
     return context
 
 

@@ -41,7 +41,7 @@ from gateway.store.base import StoreUnavailable
 from gateway.wire.base import Arg, Command, Keys, Script, ScriptCall, StableKeys
 from gateway.wire.redis_url import RedisEndpoint, connect
 from gateway.wire.resp_codec import Encoded, bulks, encode
-from gateway.wire.resp_pubsub import Subscription
+from gateway.wire.resp_pubsub import Locate, Placed, Subscription
 
 ReplyError = hiredis.ReplyError  # an error reply, as hiredis hands it over (not raised)
 _KEYS_CACHED = 10_000
@@ -68,16 +68,29 @@ class _NotSent(_ConnectionLost):
     """The connection was gone before the command went out: it certainly did not run."""
 
 
+class Unreached(StoreUnavailable):
+    """No connection could be made: the command was certainly not sent (a cluster or
+    sentinel client may look for the node elsewhere and send it there)."""
+
+
+class NotMaster(StoreUnavailable):
+    """READONLY: the node is a replica now (a failover demoted it); the write did not run."""
+
+
 # Error replies meaning "Redis cannot serve right now" rather than "this command is wrong":
 # the callers' outage policy handles them like a dropped connection (redis-py raised
-# connection errors for the loading and authentication ones).
-_OUTAGE_CODES = frozenset({"LOADING", "BUSY", "MASTERDOWN", "READONLY", "NOAUTH", "WRONGPASS"})
+# connection errors for the loading and authentication ones). CLUSTERDOWN: a cluster
+# whose master of some slots is gone and not yet replaced.
+_OUTAGE_CODES = frozenset({"LOADING", "BUSY", "MASTERDOWN", "NOAUTH", "WRONGPASS",
+                           "CLUSTERDOWN"})
 
 
 def reply_error(reply: ReplyError) -> Exception:
     """The exception for an error reply."""
     message = str(reply)
     code = message.partition(" ")[0]
+    if code == "READONLY":
+        return NotMaster("redis unavailable (READONLY)")
     if code in _OUTAGE_CODES or message.startswith("ERR max number of clients"):
         return StoreUnavailable(f"redis unavailable ({code})")
     if code == "NOSCRIPT":
@@ -196,7 +209,9 @@ class _Connection(asyncio.Protocol):
 
 class RespClient:
     """Redis over one pipelined connection, opened on first use and after a loss. Use it
-    from one event loop (its connection and futures belong to the loop that opened it)."""
+    from one event loop (its connection and futures belong to the loop that opened it).
+    A subclass may choose where each new connection goes (`_target`) and check what it
+    reached (`_verify`): Sentinel's master discovery (resp_sentinel.py)."""
 
     def __init__(self, endpoint: RedisEndpoint, *, timeout_s: float = 1.0) -> None:
         self._endpoint = endpoint
@@ -208,10 +223,18 @@ class RespClient:
         self._heads: dict[tuple[bytes, int, int], bytes] = {}
 
     def __repr__(self) -> str:
-        return f"RespClient({self._endpoint!r})"
+        return f"{type(self).__name__}({self._endpoint!r})"
+
+    @property
+    def endpoint(self) -> RedisEndpoint:
+        return self._endpoint
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
 
     async def execute(self, *args: Arg) -> Any:
-        return _checked(await self._send(encode(args)))
+        return checked(await self._send(encode(args)))
 
     async def evalsha(self, script: Script, keys: Keys, args: Sequence[Arg], *,
                       once: bool = False) -> Any:
@@ -223,27 +246,42 @@ class RespClient:
         if _is_noscript(reply):  # it did not run
             await self._load(script)
             reply = await self._send(command, retry=not once)
-        return _checked(reply)
+        return checked(reply)
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         """In one write. EVALSHAs the server has no script for are loaded and resent."""
+        return [checked(reply) for reply in await self.send_raw(commands)]
+
+    async def send_raw(self, commands: Sequence[Command], *, retry: bool = True) -> list[Any]:
+        """`execute_many`'s replies unchecked: error replies are ReplyError values, for a
+        caller that acts on some of them (a cluster's redirections). `retry`: resend what a
+        lost connection left unanswered (False: only what certainly was not sent)."""
         encoded = [self._script_command(c) if isinstance(c, ScriptCall) else encode(c)
                    for c in commands]
-        replies = await self._send_many(encoded)
+        replies = await self._send_many(encoded, retry=retry)
         missing = [i for i, reply in enumerate(replies) if _is_noscript(reply)
                    and isinstance(commands[i], ScriptCall)]  # (a raw EVALSHA: its error)
         if missing:
             for script in {cast(ScriptCall, commands[i]).script for i in missing}:
                 await self._load(script)
-            again = await self._send_many([encoded[i] for i in missing])
+            again = await self._send_many([encoded[i] for i in missing], retry=retry)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
-        return [_checked(reply) for reply in replies]
+        return replies
 
     def subscription(self, channel: str, on_message: Callable[[bytes], None],
                      on_down: Callable[[], None], on_up: Callable[[], None]) -> Subscription:
-        return Subscription(self._endpoint, channel, on_message, on_down, on_up,
+        return Subscription(*self.placement(channel), channel, on_message, on_down, on_up,
                             timeout_s=self._timeout)
+
+    def placement(self, channel: str) -> tuple[Locate, Placed]:
+        """Where a subscription to `channel` is made, and where it should be now."""
+        return self._target, self._placed
+
+    def _placed(self) -> RedisEndpoint | None:
+        """Where a subscription should be now (None: wherever it is): a subscription
+        follows a master that moved, so that PUBLISH counts it (resp_sentinel.py)."""
+        return None
 
     def _script_command(self, call: ScriptCall) -> bytes:
         if type(call.keys) is not StableKeys:
@@ -263,7 +301,7 @@ class RespClient:
             self._conn = None
 
     async def _load(self, script: Script) -> None:
-        sha = _checked(await self._send(encode((b"SCRIPT", b"LOAD", script.source))))
+        sha = checked(await self._send(encode((b"SCRIPT", b"LOAD", script.source))))
         if sha != script.sha:  # our SHA1 would never match: every call would reload
             raise RespError(f"SCRIPT LOAD returned {sha!r}, expected {script.sha!r}")
 
@@ -281,13 +319,15 @@ class RespClient:
             conn = await self._connect()
             return await conn.send(command)
 
-    async def _send_many(self, commands: Sequence[bytes]) -> list[Any]:
-        """The replies, with those lost with a connection retried once on a new one."""
+    async def _send_many(self, commands: Sequence[bytes], *, retry: bool = True) -> list[Any]:
+        """The replies, with those lost with a connection retried once on a new one (all
+        of them with `retry`, else those certainly not sent)."""
         conn = self._conn
         if conn is None or conn.closed:
             conn = await self._connect()
         replies = await _gather(conn.send_many(commands))
-        lost = [i for i, reply in enumerate(replies) if isinstance(reply, _ConnectionLost)]
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, _NotSent)
+                or (retry and isinstance(reply, _ConnectionLost))]
         if lost:
             conn = await self._connect()
             again = await _gather(conn.send_many([commands[i] for i in lost]))
@@ -315,28 +355,46 @@ class RespClient:
         if not task.cancelled():
             task.exception()  # retrieved here: every waiter may have gone
 
+    async def _target(self) -> RedisEndpoint:
+        """Where the next connection goes."""
+        return self._endpoint
+
+    async def _verify(self, conn: _Connection) -> None:
+        """Check what a new connection reached (after AUTH/SELECT); raise Unreached to
+        refuse it. Nothing to check for a plain endpoint."""
+
     async def _open(self) -> _Connection:
-        target, loop = self._endpoint, asyncio.get_running_loop()
-        conn = _Connection(loop, self._timeout)
+        """A new connection, ready; Unreached when none could be made (nothing was sent)."""
+        target = await self._target()
+        conn = _Connection(asyncio.get_running_loop(), self._timeout)
         try:
             async with asyncio.timeout(self._timeout):
                 await connect(target, conn)
                 replies = await _gather(conn.send_many(self._handshake))
+                for reply in replies:
+                    if isinstance(reply, StoreUnavailable):  # lost, or no reply in time
+                        raise Unreached(*reply.args)
+                    if type(reply) is ReplyError:  # AUTH or SELECT refused
+                        raise Unreached(f"redis unavailable ({target.scrub(str(reply))})")
+                await self._verify(conn)
         except (OSError, TimeoutError) as err:  # ssl.SSLError is an OSError
             conn.close(StoreUnavailable("redis unavailable (closed)"))
-            raise StoreUnavailable(f"redis unavailable ({_why(err)})") from None
-        for reply in replies:
-            if isinstance(reply, StoreUnavailable):  # lost, or no reply in time
-                conn.close(reply)
-                raise StoreUnavailable(*reply.args)
-            if type(reply) is ReplyError:  # AUTH or SELECT refused
-                conn.close(StoreUnavailable("redis unavailable (closed)"))
-                raise StoreUnavailable(f"redis unavailable ({target.scrub(str(reply))})")
+            raise Unreached(f"redis unavailable ({_why(err)})") from None
+        except Unreached:
+            conn.close(StoreUnavailable("redis unavailable (closed)"))
+            raise
         self._conn = conn
         return conn
 
+    def _drop(self) -> None:
+        """Close the connection: the next command opens a new one (wherever `_target`
+        says then); commands pending on it are resent there once, as after a loss."""
+        if self._conn is not None:
+            self._conn.close(_ConnectionLost("redis unavailable (connection dropped)"))
 
-def _checked(reply: Any) -> Any:
+
+def checked(reply: Any) -> Any:
+    """A reply's value; an error reply raised (as `reply_error` says)."""
     if type(reply) is ReplyError:
         raise reply_error(reply)
     return reply

@@ -7,13 +7,19 @@ and the connection is dropped when nothing has come back by the next one. Whenev
 subscription is lost, `on_down` is called (messages may be missed from then on) and it is
 made again with backoff; `on_up` is called whenever it is subscribed (the first time too);
 `live` says whether it is subscribed now.
+
+Where it subscribes is asked anew for every attempt (`locate`): a Sentinel's current
+master, a cluster's node for the channel. And while subscribed it checks, at every PING,
+whether it should be elsewhere now (`placed`): after a failover the publishers' PUBLISH
+goes to the new master, whose reply counts only the subscribers connected to it, so the
+subscription moves there (an acknowledged invalidation waits for that count).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import hiredis
@@ -60,11 +66,17 @@ class _Listener(asyncio.Protocol):
             self.lost.set_result(None)
 
 
+Locate = Callable[[], Awaitable[RedisEndpoint]]  # where to subscribe now (may ask Redis)
+Placed = Callable[[], RedisEndpoint | None]  # where it should be now (None: anywhere), cheap
+
+
 class Subscription:
-    def __init__(self, endpoint: RedisEndpoint, channel: str, on_message: Callable[[bytes], None],
-                 on_down: Callable[[], None], on_up: Callable[[], None], *,
-                 timeout_s: float = 1.0) -> None:
-        self._target = endpoint
+    def __init__(self, locate: Locate, placed: Placed, channel: str,
+                 on_message: Callable[[bytes], None], on_down: Callable[[], None],
+                 on_up: Callable[[], None], *, timeout_s: float = 1.0) -> None:
+        self._locate = locate
+        self._placed = placed
+        self._target: RedisEndpoint | None = None
         self._channel = channel.encode()
         self._on_message = on_message
         self._on_down = on_down
@@ -110,9 +122,10 @@ class Subscription:
             backoff = min(_BACKOFF_S[1], backoff * 2)
 
     async def _session(self) -> None:
-        target, loop = self._target, asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         listener = self._listener = _Listener(self._reply)
         async with asyncio.timeout(self._timeout):
+            target = self._target = await self._locate()
             await connect(target, listener)
         assert listener.transport is not None
         handshake = [encode(c) for c in target.handshake()]
@@ -125,6 +138,11 @@ class Subscription:
                 await asyncio.wait([listener.lost], timeout=self._timeout)
                 if self._heard < pinged and not listener.lost.done():
                     raise TimeoutError  # nothing back within the timeout: a stalled server
+                placed = self._placed()
+                if placed is not None and placed != target:
+                    log.info("redis subscription to %s: moving to the new master",
+                             self._channel.decode())
+                    return
         finally:
             listener.close()
 
@@ -133,7 +151,8 @@ class Subscription:
         if self._handshake:  # AUTH / SELECT
             self._handshake -= 1
             if type(reply) is hiredis.ReplyError and self._listener is not None:
-                log.warning("redis subscription: %s", self._target.scrub(str(reply)))
+                scrub = self._target.scrub if self._target is not None else str
+                log.warning("redis subscription: %s", scrub(str(reply)))
                 self._listener.close()
             return
         if not isinstance(reply, list) or not reply:

@@ -13,16 +13,16 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.store import ALL, AdmitArgs, MemoryStore, Release, SettleArgs, Store, layout
+from gateway.store import ALL, AdmitArgs, Release, SettleArgs, Store, layout
 from policies.budgets import Budget, day, period_id
 from policies.ratelimits import Limits, duration
 from tests.support.procs import REPO, RedisServer
-from tests.support.stores import redis_store
+from tests.support.stores import STORES, store_of
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else redis_store(redis_server.url)
+@pytest.fixture(params=STORES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    s = store_of(request, request.param)
     yield s
     await s.close()
 

@@ -13,16 +13,15 @@ import pytest
 from gateway.cache.coalesce import Coalescer, Found
 from gateway.cache.entry import Entry
 from gateway.canonical import Usage
-from gateway.store import MemoryStore, Store, layout
-from tests.support.procs import RedisServer
-from tests.support.stores import redis_store
+from gateway.store import Store, layout
+from tests.support.stores import STORES, store_of
 
 ENTRY = Entry(b'{"id":"x"}', Usage(1, 2), 3, 4.0)
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else redis_store(redis_server.url)
+@pytest.fixture(params=STORES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    s = store_of(request, request.param)
     yield s
     await s.close()
 

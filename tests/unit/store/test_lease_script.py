@@ -8,34 +8,49 @@ import asyncio
 import math
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from gateway.store import AdmitArgs, LeaseArgs, RedisStore, SettleArgs, layout
 from policies.budgets import Budget
 from policies.ratelimits import Limits
-from tests.support.procs import RedisServer
-from tests.support.stores import redis_store
+from tests.support.stores import REDIS_KINDS, async_inspector, redis_store, redis_url
 
 KEY = "k1"
 
 
+@pytest.fixture(params=REDIS_KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
-    s = redis_store(redis_server.url)
+def url(request: pytest.FixtureRequest, kind: str) -> str:
+    return redis_url(request, kind)
+
+
+@pytest.fixture
+async def store(url: str) -> AsyncIterator[RedisStore]:
+    s = redis_store(url)
     yield s
     await s.close()
 
 
 @pytest.fixture
-async def team(redis_server: RedisServer) -> AsyncIterator[str]:
+async def r(kind: str, url: str) -> AsyncIterator[Any]:
+    """redis-py, to look behind the store's back."""
+    client = async_inspector(kind, url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def team(r: Any) -> str:
     name = "l" + os.urandom(4).hex()  # tests share one redis: each gets its own team
-    r = aioredis.Redis.from_url(redis_server.url)
     await r.hset(layout.keys(name), KEY, b"{}")  # the key exists (is not revoked)
-    yield name
-    await r.aclose()
+    return name
 
 
 def lease(team: str, *, limits: tuple[int, int, int, int] = (0, 0, 0, 0),
@@ -70,13 +85,9 @@ def settle(team: str, reservation: str, reserved: int, cost: int) -> SettleArgs:
                       estimated=False, event=orjson.dumps({"request_id": "x"}))
 
 
-async def budget_hash(redis_server: RedisServer, team: str) -> dict[str, str]:
-    r = aioredis.Redis.from_url(redis_server.url)
-    try:
-        h = await r.hgetall(layout.budget(team))
-        return {k.decode(): v.decode() for k, v in h.items()}
-    finally:
-        await r.aclose()
+async def budget_hash(r: Any, team: str) -> dict[str, str]:
+    h = await r.hgetall(layout.budget(team))
+    return {k.decode(): v.decode() for k, v in h.items()}
 
 
 async def test_a_grant_is_a_sixteenth_of_what_is_left_and_counts_as_used(
@@ -122,30 +133,28 @@ async def test_returning_a_grant_gives_back_exactly_what_it_took(
 
 
 async def test_budget_share_is_reserved_and_settled_from_request_by_request(
-        store: RedisStore, team: str, redis_server: RedisServer) -> None:
+        store: RedisStore, team: str, r: Any) -> None:
     budget = 1_600_000
     grant = await store.lease(lease(team, budget=budget))
     assert grant.granted[2] == 100_000
-    h = await budget_hash(redis_server, team)
+    h = await budget_hash(r, team)
     assert (h["reserved"], h["r:lease:t:1"]) == ("100000", f"100000 {KEY}")
     # Three requests admitted from the lease, 1,000 each reserved, settle at 700 each.
     for _ in range(3):
         await store.settle(settle(team, "lease:t:1", 1000, 700))
-    h = await budget_hash(redis_server, team)
+    h = await budget_hash(r, team)
     assert (h["reserved"], h["spent"], h["r:lease:t:1"]) == ("97000", "2100", f"97000 {KEY}")
     # A renewal gives back what is left (50,000 of it still free; the rest is the parts
     # of requests in flight) and takes 1/16 of what is then left.
     more = await store.lease(lease(team, budget=budget, returning=(0, 0, 50_000)))
     assert more.granted[2] == (budget - 2100 - 47_000) // 16
     held = 47_000 + int(more.granted[2])
-    h = await budget_hash(redis_server, team)
+    h = await budget_hash(r, team)
     assert (h["reserved"], h["r:lease:t:1"]) == (str(held), f"{held} {KEY}")
     await store.lease(give_back(team, (0, 0, held)))
-    h = await budget_hash(redis_server, team)
+    h = await budget_hash(r, team)
     assert (h["reserved"], h["spent"], "r:lease:t:1" in h) == ("0", "2100", False)
-    r = aioredis.Redis.from_url(redis_server.url)
     assert await r.zscore(layout.reservations(team), "lease:t:1") is None
-    await r.aclose()
 
 
 async def test_admission_sees_what_leases_hold(store: RedisStore, team: str) -> None:
@@ -157,23 +166,21 @@ async def test_admission_sees_what_leases_hold(store: RedisStore, team: str) -> 
 
 
 async def test_an_abandoned_lease_lapses(store: RedisStore, team: str,
-                                         redis_server: RedisServer) -> None:
+                                         r: Any) -> None:
     await store.lease(lease(team, budget=1_600_000, ttl_ms=50))
     await asyncio.sleep(0.1)  # its process died: nobody renews or returns it
     await store.admit(admit(team, budget=1_600_000, cost=10))  # admission purges it
-    h = await budget_hash(redis_server, team)
+    h = await budget_hash(r, team)
     assert h["reserved"] == "10" and "r:lease:t:1" not in h
 
 
 async def test_a_revoked_key_gets_no_lease_but_what_it_held_goes_back(
-        store: RedisStore, team: str, redis_server: RedisServer) -> None:
+        store: RedisStore, team: str, r: Any) -> None:
     await store.lease(lease(team, budget=1_600_000))
-    r = aioredis.Redis.from_url(redis_server.url)
     await r.hdel(layout.keys(team), KEY)
-    await r.aclose()
     renewal = lease(team, budget=1_600_000, returning=(0, 0, 100_000))
     assert (await store.lease(renewal)).refused == "revoked"
-    assert (await budget_hash(redis_server, team))["reserved"] == "0"
+    assert (await budget_hash(r, team))["reserved"] == "0"
 
 
 async def test_a_key_with_no_limits_or_budget_gets_an_unbounded_lease(

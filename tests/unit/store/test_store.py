@@ -7,14 +7,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.store import MemoryStore, Store, StoreUnavailable
-from tests.support.procs import RedisServer, free_port
-from tests.support.stores import redis_store
+from gateway.store import Store, StoreUnavailable
+from tests.support.procs import free_port
+from tests.support.stores import STORES, redis_store, store_of
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else redis_store(redis_server.url)
+@pytest.fixture(params=STORES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    s = store_of(request, request.param)
     yield s
     await s.close()
 
