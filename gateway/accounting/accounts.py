@@ -11,6 +11,17 @@ whatever the caches hold, and with Redis the change is announced to every proces
 the revocation returns. Policy changes (limits, budget, models, priority) are announced
 the same way; without Redis there is one process, which forgets them itself
 (`LocalInvalidations`).
+
+**Self-healing.** Redis may lose what the config wrote at startup: flushed, restarted
+without persistence, failed over to a replica that never had it. Every process puts back
+what the config declares when it finds it missing, without a restart: when a lookup of a
+declared key finds nothing (at once, and that very lookup then finds it), and every
+`_PROBE_S` (the declared teams' records, their keys' records and the team index, all
+read in one pipelined round trip). Only what is missing is written, and only that is
+announced; limiters, budgets, reservations, rollups and events are left as Redis has them
+(a budget continues from the spend Redis still holds). A config key revoked through the
+admin API is not put back (its hash is kept in the team's `revoked` hash); a restart
+still applies the config as it stands.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from dataclasses import replace
 
 import orjson
@@ -31,6 +43,12 @@ from policies.keys import KeyRecord, Principal, TeamPolicy, hash_key, new_key
 from policies.ratelimits import Limits
 
 log = logging.getLogger("turnout.accounts")
+
+_PROBE_S = 2.0  # how often the declared teams and keys are checked for
+_HEAL_GAP_S = 1.0  # a team is put back at most this often from lookups
+# The Accounts that heal each store: lookups (authentication's, in admission.py) come
+# through `lookup_principal`, which then asks them about a declared key it did not find.
+_HEALERS: weakref.WeakKeyDictionary[Store, Accounts] = weakref.WeakKeyDictionary()
 
 
 def team_policy(team: TeamConfig) -> TeamPolicy:
@@ -45,7 +63,16 @@ def _key_record(team: str, k: KeyConfig) -> KeyRecord:
 
 async def lookup_principal(store: Store, digest: str) -> Principal | None:
     """The principal of the key whose hash is `digest`, from the store (None: no such key,
-    or its team is gone)."""
+    or its team is gone). A key the config declares that the store lost is put back
+    first (self-healing)."""
+    principal = await _lookup(store, digest)
+    healer = _HEALERS.get(store) if principal is None else None
+    if healer is not None and await healer.restore(digest):
+        principal = await _lookup(store, digest)
+    return principal
+
+
+async def _lookup(store: Store, digest: str) -> Principal | None:
     raw = await store.get(layout.key_index(digest))
     if raw is None:
         return None
@@ -69,41 +96,125 @@ class Accounts:
     def __init__(self, store: Store, invalidations: Announcer) -> None:
         self.store = store
         self._invalidations = invalidations  # every process forgets what changed
-        self._seeder: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._declared: dict[str, TeamConfig] = {}  # team name → its config
+        self._teams_of: dict[str, str] = {}  # declared key hash → its team
+        self._healing: dict[str, asyncio.Task[bool]] = {}  # team → its healing under way
+        self._healed_at: dict[str, float] = {}
+        self.healed = 0  # teams put back since start (found missing)
 
     async def start(self, teams: list[TeamConfig]) -> None:
+        self._declared = {t.name: t for t in teams}
+        self._teams_of = {hash_key(k.key): t.name for t in teams for k in t.keys}
+        seeded = True
         try:
             await self.seed(teams)
         except StoreUnavailable:
             log.warning("store unavailable: config teams and keys will be applied when it is back")
-            self._seeder = asyncio.get_running_loop().create_task(self._seed_later(teams))
+            seeded = False
+        # A store in memory loses nothing while the process lives: nothing to watch.
+        if teams and (self.store.name != "memory" or not seeded):
+            _HEALERS[self.store] = self
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(seeded))
 
-    async def _seed_later(self, teams: list[TeamConfig]) -> None:
+    async def _watch(self, seeded: bool) -> None:
+        """Apply the config once the store is back (if it was down at start), then check
+        every `_PROBE_S` that what it declares is still there."""
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0 if not seeded else _PROBE_S)
             with contextlib.suppress(StoreUnavailable):
-                await self.seed(teams)
-                return
+                if not seeded:
+                    await self.seed(list(self._declared.values()))
+                    seeded = True
+                    continue
+                for name in await self._missing():
+                    await self._heal(name, "found missing")
 
     async def stop(self) -> None:
-        if self._seeder is not None:
-            self._seeder.cancel()
+        if _HEALERS.get(self.store) is self:
+            del _HEALERS[self.store]
+        for task in (self._watcher, *self._healing.values()):
+            if task is not None:
+                task.cancel()
+
+    # -- self-healing ----------------------------------------------------------------------
+
+    async def restore(self, digest: str) -> bool:
+        """A lookup found no key with hash `digest`: if the config declares it (and the
+        admin API did not revoke it), put its team and keys back. Whether anything was
+        done (look it up again). At most once per `_HEAL_GAP_S` a team, concurrent
+        lookups sharing one attempt."""
+        name = self._teams_of.get(digest)
+        if name is None:
+            return False
+        task = self._healing.get(name)
+        if task is None:
+            if time.monotonic() - self._healed_at.get(name, -_HEAL_GAP_S) < _HEAL_GAP_S:
+                return False
+            task = self._healing[name] = asyncio.get_running_loop().create_task(
+                self._heal(name, "a declared key's lookup found nothing"))
+            task.add_done_callback(lambda _: self._healing.pop(name, None))
+        return await asyncio.shield(task)
+
+    async def _heal(self, name: str, why: str) -> bool:
+        self._healed_at[name] = time.monotonic()
+        if await self.seed([self._declared[name]], healing=True):
+            self.healed += 1
+            log.warning("team %s: put back what the config declares (%s: the store lost"
+                        " it); its budget and limits continue from what the store holds",
+                        name, why)
+            return True
+        return False
+
+    async def _missing(self) -> list[str]:
+        """Declared teams with a record missing: the team's, a key's (unless revoked
+        through the admin API), a key's index entry, or the team in the index of teams.
+        One pipelined round trip."""
+        teams = list(self._declared.values())
+        keys = [(t.name, k) for t in teams for k in t.keys]
+        names, policies, *found = await asyncio.gather(
+            self.store.smembers(layout.TEAMS),
+            asyncio.gather(*(self.store.get(layout.team(t.name)) for t in teams)),
+            asyncio.gather(*(self.store.hget(layout.keys(team), k.id) for team, k in keys)),
+            asyncio.gather(*(self.store.get(layout.key_index(hash_key(k.key)))
+                             for _, k in keys)),
+            asyncio.gather(*(self.store.hget(layout.revoked(team), hash_key(k.key))
+                             for team, k in keys)))
+        records, indexed, revoked = found
+        missing = {t.name for t, policy in zip(teams, policies, strict=True)
+                   if policy is None or t.name not in names}
+        missing |= {team for (team, _), record, index, gone in zip(
+            keys, records, indexed, revoked, strict=True)
+            if (record is None or index is None) and gone is None}
+        return sorted(missing)
 
     # -- management (admin API, startup) ---------------------------------------------------
 
-    async def seed(self, teams: list[TeamConfig]) -> None:
+    async def seed(self, teams: list[TeamConfig], *, healing: bool = False) -> bool:
         """Apply the config's teams and keys: the config is authoritative for what it
         declares. Only what differs from the store is written (and announced): a restart
-        with the same config leaves every process's caches and leases alone."""
+        with the same config leaves every process's caches and leases alone. `healing`:
+        only what is missing, and not keys revoked through the admin API. Whether
+        anything was written."""
+        wrote = False
+        listed = await self.store.smembers(layout.TEAMS)
         for team in teams:
             policy = team_policy(team)
-            if await self.get_team(team.name) != policy:
-                await self.put_team(policy, wait=False)
-            await self.store.sadd(layout.TEAMS, team.name)
+            stored = await self.get_team(team.name)
+            if stored is None or (stored != policy and not healing):
+                await self.put_team(policy, wait=False)  # (lists it too)
+                wrote = True
+            elif team.name not in listed:
+                await self.store.sadd(layout.TEAMS, team.name)
+                wrote = True
             for k in team.keys:
                 record = _key_record(team.name, k)
+                if healing and await self.store.hget(layout.revoked(team.name), record.hash):
+                    continue
                 if not await self._stored(record):
                     await self._put_key(record)
+                    wrote = True
+        return wrote
 
     async def _stored(self, record: KeyRecord) -> bool:
         """Whether this key is in the store as it is (its creation time aside)."""
@@ -154,6 +265,8 @@ class Accounts:
         # Record first: from this moment admission refuses the key on every replica.
         await self.store.hdel(layout.keys(team), key_id)
         await self.store.delete(layout.key_index(record.hash))
+        # Remembered, so that a config key revoked here is not put back by self-healing.
+        await self.store.hset(layout.revoked(team), record.hash, b"%d" % time.time())
         await self._changed(Change(team, key_id, record.hash), wait=True)
         log.info("revoked key %s of team %s", key_id, team)
         return True

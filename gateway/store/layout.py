@@ -24,6 +24,12 @@ def keys(name: str) -> str:
     return f"turnout:{{{name}}}:keys"  # HASH key id → JSON KeyRecord
 
 
+def revoked(name: str) -> str:
+    # HASH key hash → when (s): keys revoked through the admin API, so that self-healing
+    # (accounting/accounts.py) does not put back a config key revoked on purpose
+    return f"turnout:{{{name}}}:revoked"
+
+
 def limiters(name: str) -> str:
     # HASH: GCRA TATs, field `limiter(key_id, kind)`; one hash, so a script reads and
     # writes all of a request's limiters in one call each (a TAT in the past = none)
