@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.batch.api import BatchAPI
 from gateway.canonical import Operation
 from gateway.config import Config, load_config
 from gateway.errors import GatewayError
@@ -101,6 +102,11 @@ def create_app(config: Config) -> FastPaths:
         Route("/admin/{rest:path}", AdminAPI(services), methods=["GET", "POST", "PUT", "DELETE"]),
         *ops_routes(services, config, ops is None),
     ]
+    if config.batch.enabled:  # gateway/batch: the Files and Batch APIs
+        batch_api = BatchAPI(services)
+        routes += [Route(path, batch_api, methods=["GET", "POST", "DELETE"]) for path in
+                   ("/v1/files", "/v1/files/{rest:path}", "/v1/batches",
+                    "/v1/batches/{rest:path}")]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
     app.state.services = services

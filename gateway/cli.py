@@ -74,6 +74,13 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def batch_worker(args: argparse.Namespace) -> int:
+    from gateway.batch import worker
+
+    cfg = _load(args.config)
+    return 1 if cfg is None else worker.run(cfg, args.metrics_port)
+
+
 def _server_limits(cfg: Config) -> ServerLimits:
     """The server's limits, `max_connections` kept under the open-file limit (raised to
     its hard limit first, as Go's runtime does): a client connection may hold an upstream
@@ -131,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=serve)
+
+    p = sub.add_parser("batch-worker", help="run the batch lane only (needs redis)")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on it")
+    p.set_defaults(func=batch_worker)
 
     p = sub.add_parser("check-config", help="validate a config file and print every problem")
     p.add_argument("file")

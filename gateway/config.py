@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.batch.settings import BatchConfig
 from gateway.wire.limits import ClientLimits, ServerLimits
 from gateway.wire.proxy import DIRECT, parse_proxy
 from gateway.wire.redis_url import parse_target
@@ -458,6 +459,7 @@ class Config(_Strict):
     failover: FailoverConfig = FailoverConfig()  # type: ignore[call-arg]
     telemetry: TelemetryConfig = TelemetryConfig()  # type: ignore[call-arg]
     upstream: UpstreamConfig = UpstreamConfig()  # type: ignore[call-arg]
+    batch: BatchConfig = BatchConfig()  # type: ignore[call-arg]  # gateway/batch
 
     @property
     def auth_required(self) -> bool:

@@ -30,6 +30,7 @@ from gateway.accounting.invalidation import (
 )
 from gateway.accounting.lease_holder import LeaseHolder
 from gateway.accounting.metering import Meter
+from gateway.batch.system import BatchSystem, start_batch
 from gateway.cache import CacheStage, ResponseCache
 from gateway.config import Config
 from gateway.dispatch.attempts import new_attempt
@@ -68,9 +69,13 @@ class Services:
     cache: ResponseCache | None  # None: the config caches nothing
     failover: Failover | None  # None: failover is switched off
     telemetry: Telemetry
+    batch: BatchSystem | None = None  # None: no Files and Batch APIs (`batch.enabled`)
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, batch_worker: bool = False) -> None:
+        """`batch_worker`: this process runs the batch lane (`turnout batch-worker`)
+        whatever `batch.run_in_serve` says."""
         self.config = config
+        self.batch_worker = batch_worker
         self._stack = AsyncExitStack()
 
     async def start(self) -> None:
@@ -144,6 +149,11 @@ class Services:
             planner=planner, dispatcher=Dispatcher(runner, failover), meter=meter,
             telemetry=telemetry if telemetry.active else None, loop=loop,
             max_body=cfg.server.max_body_bytes)
+        if cfg.batch.enabled or self.batch_worker:  # its lane: the pipeline's stages
+            self.batch = await start_batch(
+                cfg, store, self.pipeline, board, telemetry,
+                run_lane=self.batch_worker or cfg.batch.run_in_serve)
+            stack.push_async_callback(self.batch.stop)  # first: lines given back
         log.info("models: %s", ", ".join(
             f"{name} → {', '.join(d.id for d in deps)}" for name, deps in registry.models.items()))
         # Everything built so far lives as long as the process: keep the garbage collector

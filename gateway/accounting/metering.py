@@ -46,6 +46,9 @@ class RequestContext:
     reservation: str = ""  # the budget reservation it was admitted under: its own, a lease's
     reserved_nanos: int = 0  # its part of that reservation (ALL: whatever its own holds)
     from_lease: bool = False  # admitted from this process's lease, no store round trip
+    # What its cost is multiplied by: below 1 for the batch lane's discount (its admission
+    # stage sets it, gateway/batch/lane_pipeline.py); the reservation stays at list price.
+    price_factor: float = 1.0
 
 
 @dataclass(slots=True)
@@ -128,6 +131,8 @@ def settlement(ctx: RequestContext, out: Outcome, now: float | None = None) -> S
     out.status = out.status or 499
     usage, estimated = measured(ctx, out)
     cost = cost_nanos(out.deployment, usage) if out.deployment is not None else 0
+    if ctx.price_factor != 1.0:
+        cost = round(cost * ctx.price_factor)
     p, req = ctx.principal, ctx.req
     latency = now - out.started
     event = {

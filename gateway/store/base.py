@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.store.batch_base import BatchQueue
 from policies.budgets import Budget
 from policies.ratelimits import Limits, LimitState
 
@@ -132,7 +133,7 @@ class LeaseGrant:
     tokens: LimitState | None = None
 
 
-class Store(Protocol):
+class Store(BatchQueue, Protocol):
     name: str
 
     async def get(self, key: str) -> bytes | None: ...

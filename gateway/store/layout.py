@@ -72,3 +72,41 @@ def cache_entry(namespace: str, digest: str) -> str:
 
 def cache_lock(entry_key: str) -> str:
     return entry_key + ":lock"  # the coalescing lock: held by the one request filling it
+
+
+# The batch lane (gateway/batch): files and batches of a team under its hash tag, so one
+# script updates a batch's record, its line queue, its results and the team's ledger.
+
+BATCHES_ACTIVE = "turnout:batch:active"  # ZSET "<team>\n<batch id>" → created (ms): to run
+
+
+def files(name: str) -> str:
+    return f"turnout:{{{name}}}:files"  # HASH file id → JSON file record
+
+
+def batches(name: str) -> str:
+    return f"turnout:{{{name}}}:batches"  # ZSET batch id → created (ms), for listing
+
+
+def batch(name: str, batch_id: str) -> str:
+    # HASH: status, total, next (lines [next, total) never taken), completed, failed,
+    # usage counters, timestamps, claim (ms: a lane validating or finalizing it)
+    return f"turnout:{{{name}}}:batch:{batch_id}"
+
+
+def batch_running(name: str, batch_id: str) -> str:
+    return batch(name, batch_id) + ":running"  # ZSET line index → lease expiry (ms)
+
+
+def batch_requeued(name: str, batch_id: str) -> str:
+    return batch(name, batch_id) + ":requeued"  # LIST line indexes given back, to redo
+
+
+def batch_results(name: str, batch_id: str) -> str:
+    return batch(name, batch_id) + ":results"  # HASH custom_id → "<index> <0|1> <line>"
+
+
+def response(team: str, response_id: str) -> str:
+    """A stored response of the Responses API (JSON: the response and its conversation's
+    input items), expiring after `responses.store_ttl_s`; under the team's hash tag."""
+    return f"turnout:{{{team}}}:response:{response_id}"

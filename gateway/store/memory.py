@@ -12,10 +12,11 @@ from collections.abc import Sequence
 
 from gateway.store import memory_ledger
 from gateway.store.base import AdmitArgs, AdmitResult, Release, SettleArgs
+from gateway.store.memory_batch import MemoryBatchQueue
 from gateway.store.memory_ledger import LedgerState
 
 
-class MemoryStore:
+class MemoryStore(MemoryBatchQueue):
     name = "memory"
 
     def __init__(self, *, stream_maxlen: int = 100_000) -> None:

@@ -22,6 +22,7 @@ from gateway.store.base import (
     SettleArgs,
     StoreUnavailable,
 )
+from gateway.store.redis_batch import RedisBatchQueue
 from gateway.wire.base import Keys, RedisConnection, Script, ScriptCall, StableKeys, Subscription
 from gateway.wire.resp import RespError
 from policies.budgets import Budget
@@ -49,7 +50,7 @@ def _state(limit: int, remaining: int, reset_ms: int) -> LimitState | None:
     return LimitState(limit, remaining, reset_ms) if limit > 0 else None
 
 
-class RedisStore:
+class RedisStore(RedisBatchQueue):
     name = "redis"
 
     def __init__(self, redis: RedisConnection, *, stream_maxlen: int = 1_000_000) -> None:
