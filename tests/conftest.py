@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.support.procs import Gateway, RedisCluster, RedisServer
+from tests.support.stores import REDIS_KINDS, redis_url
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,12 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="module", params=REDIS_KINDS)
+def redis_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(kind, url): a module's tests run on one redis-server, then on a Redis Cluster."""
+    return request.param, redis_url(request, request.param)
 
 
 GatewayFactory = Callable[..., Gateway]

@@ -90,7 +90,7 @@ class Batches:
         if not isinstance(body, dict):
             raise bad_request("the body must be a JSON object")
         endpoint = body.get("endpoint")
-        if endpoint not in ENDPOINTS:
+        if not isinstance(endpoint, str) or endpoint not in ENDPOINTS:
             raise bad_request(f"`endpoint` must be one of {', '.join(ENDPOINTS)}",
                               param="endpoint")
         if body.get("completion_window") != "24h":

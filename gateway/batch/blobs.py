@@ -51,7 +51,9 @@ class _Spool:
     """What a writer has been given so far: in a temporary file, written in a thread."""
 
     def __init__(self, folder: str | None = None) -> None:
-        self.file: IO[bytes] = tempfile.NamedTemporaryFile(dir=folder, delete=False)  # noqa: SIM115
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".upload-")
+        self.file: IO[bytes] = open(fd, "w+b")  # noqa: SIM115  (a real file: S3 reads it)
+        self.name = name
         self._pending: list[bytes] = []
         self._size = 0
 
@@ -67,13 +69,13 @@ class _Spool:
             await asyncio.to_thread(self.file.write, data)
 
     async def discard(self) -> None:
-        await asyncio.to_thread(_remove, self.file)
+        await asyncio.to_thread(_remove, self.file, self.name)
 
 
-def _remove(file: IO[bytes]) -> None:
+def _remove(file: IO[bytes], name: str) -> None:
     file.close()
     with suppress(FileNotFoundError):
-        os.unlink(file.name)
+        os.unlink(name)
 
 
 class LocalBlobs:
@@ -122,7 +124,7 @@ class _LocalWriter:
 
     def _commit(self) -> None:
         self.spool.file.close()
-        os.replace(self.spool.file.name, self.path)
+        os.replace(self.spool.name, self.path)
 
     async def abort(self) -> None:
         await self.spool.discard()

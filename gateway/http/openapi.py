@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from gateway.batch.openapi_paths import openapi_paths
 from gateway.config import Config, TeamConfig
 from gateway.http import anthropic_schema, openai_format
 from gateway.http.admin import NewKey
@@ -143,6 +144,7 @@ def document(cfg: Config) -> dict[str, Any]:
                                                   "pattern": r"^\d{1,20}-\d{1,20}$"}),
                 _param("limit", "query", {"type": "integer", "minimum": 1}),
                 _param("format", "query", fmt)])},
+            **(openapi_paths(_get, _param) if cfg.batch.enabled else {}),
         },
     }
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from gateway.store import layout
 from selfhost.sim import Simulator, ThreadedSim
@@ -21,7 +20,8 @@ from tests.support.accounts import (
     new_key,
     suffix,
 )
-from tests.support.procs import Gateway, RedisServer
+from tests.support.procs import Gateway
+from tests.support.stores import inspector
 
 S = suffix()
 TEAMS = {name: f"{name}-{S}" for name in ("budget", "rpm", "tpm", "reset")}
@@ -39,7 +39,7 @@ def sim() -> Iterator[ThreadedSim]:
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: ThreadedSim, redis_server: RedisServer,
+def gateway(sim: ThreadedSim, redis_backend: tuple[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     limits: dict[str, dict[str, Any]] = {
         "budget": {"budget": {"usd": FITS * COST_NANOS / 1e9, "period": "daily"}},
@@ -48,7 +48,7 @@ def gateway(sim: ThreadedSim, redis_server: RedisServer,
         "reset": {"key_limits": {"rpm": 20}},  # one request per 3 s after the burst
     }
     config = {
-        "redis": {"url": redis_server.url},
+        "redis": {"url": redis_backend[1]},
         "auth": {"admin_key": ADMIN},
         "providers": [{"name": "sim", "base_url": sim.url + "/v1"}],
         "models": {"priced": {"deployments": [
@@ -69,8 +69,8 @@ def statuses(responses: list[httpx.Response]) -> dict[int, int]:
 
 
 def test_budget_admits_exactly_what_fits(gateway: Gateway, sim: ThreadedSim,
-                                         redis_server: RedisServer) -> None:
-    ledger = redis.Redis.from_url(redis_server.url)
+                                         redis_backend: tuple[str, str]) -> None:
+    ledger = inspector(*redis_backend)
     budget_key = layout.budget(TEAMS["budget"])
     peak = {"committed": 0, "spent": 0}
     done = threading.Event()

@@ -12,13 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.store import layout
 from selfhost.sim import Simulator, ThreadedSim
 from tests.support.accounts import EXACT_MESSAGES, auth, burst, eventually, new_key, suffix
-from tests.support.procs import Gateway, RedisServer
+from tests.support.procs import Gateway
+from tests.support.stores import inspector
 
 S = suffix()
 TEAMS = {name: f"{name}-{S}" for name in ("open", "budget", "revoke", "policy", "exact")}
@@ -51,11 +51,13 @@ def team_config(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def gateway(sim: ThreadedSim, redis_server: RedisServer,
+def gateway(sim: ThreadedSim, redis_backend: tuple[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     config = {
-        "redis": {"url": redis_server.url},
-        "auth": {"admin_key": ADMIN, "cache_ttl_s": 60},  # changes must not wait for it
+        "redis": {"url": redis_backend[1]},
+        # Changes must not wait for the cache; the revocation test's 401s must not lock
+        # this client out of the tests that follow.
+        "auth": {"admin_key": ADMIN, "cache_ttl_s": 60, "lockout": {"failures": 0}},
         "providers": [{"name": "sim", "base_url": sim.url + "/v1"}],
         "models": {"priced": {"deployments": [
             {"target": "sim", "model": "m", "price": {"input": 0, "output": 2.0}}]}},
@@ -102,8 +104,8 @@ def test_most_requests_are_admitted_from_leases(gateway: Gateway) -> None:
 
 
 def test_a_budget_with_leases_never_overspends_and_is_spent_to_the_nano(
-        gateway: Gateway, sim: ThreadedSim, redis_server: RedisServer) -> None:
-    ledger = redis.Redis.from_url(redis_server.url)
+        gateway: Gateway, sim: ThreadedSim, redis_backend: tuple[str, str]) -> None:
+    ledger = inspector(*redis_backend)
     budget_key = layout.budget(TEAMS["budget"])
     budget = FITS * COST_NANOS
     peak = {"committed": 0}
@@ -141,7 +143,7 @@ def test_a_budget_with_leases_never_overspends_and_is_spent_to_the_nano(
 
 
 def test_near_its_budget_every_request_that_fits_is_admitted(
-        gateway: Gateway, sim: ThreadedSim, redis_server: RedisServer) -> None:
+        gateway: Gateway, sim: ThreadedSim, redis_backend: tuple[str, str]) -> None:
     """Leases on, 4 workers: half the team's budget spent in small bursts by two of its
     keys (every worker leases shares of the budget for each), then more requests at once
     on one key than the rest pays for: exactly the rest succeed, although the other key's
@@ -156,7 +158,7 @@ def test_near_its_budget_every_request_that_fits_is_admitted(
     assert {r.json()["error"]["code"] for r in responses if r.status_code != 200} == {
         "insufficient_quota"}
     assert sim.sim.stats.requests_total - upstream_before == FITS // 2
-    ledger = redis.Redis.from_url(redis_server.url)
+    ledger = inspector(*redis_backend)
     budget_key = layout.budget(TEAMS["exact"])
     eventually(lambda: int(ledger.hget(budget_key, "spent") or 0) == FITS * COST_NANOS)
     eventually(lambda: int(ledger.hget(budget_key, "reserved") or 0) == 0, timeout=20)

@@ -4,7 +4,12 @@ gateway's config, and polling a batch to an end."""
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -12,6 +17,7 @@ from openai import OpenAI
 from openai.types import Batch
 
 from selfhost.sim import SimProfile
+from tests.support.procs import REPO, stop, wait_until
 
 ENDED = ("completed", "failed", "expired", "cancelled")
 # Quick replicas with few slots: a handful of lines fills one, as a GPU's would.
@@ -55,3 +61,29 @@ def read_jsonl(data: bytes) -> dict[str, dict[str, Any]]:
     by_id = {r["custom_id"]: r for r in rows}
     assert len(by_id) == len(rows), "a custom_id has more than one line"
     return by_id
+
+
+class BatchWorker:
+    """`turnout batch-worker` in a subprocess, with a gateway's config file."""
+
+    def __init__(self, config_path: Path, workdir: Path, name: str = "worker") -> None:
+        self.log = workdir / f"{name}.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "batch-worker", "--config",
+                 str(config_path)], stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                start_new_session=True)
+        runs = self.log_text().count("batch worker running") + 1
+        wait_until(lambda: self.log_text().count("batch worker running") >= runs,
+                   "batch worker", self.proc, self.log)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no goodbye (no line given back)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        stop(self.proc)
