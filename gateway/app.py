@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.batch.api import BatchAPI
 from gateway.canonical import Operation
 from gateway.config import Config, load_config
+from gateway.console.http import ConsoleApp
 from gateway.errors import GatewayError
 from gateway.http import asgi
 from gateway.http.admin import AdminAPI
@@ -107,6 +108,11 @@ def create_app(config: Config) -> FastPaths:
         routes += [Route(path, batch_api, methods=["GET", "POST", "DELETE"]) for path in
                    ("/v1/files", "/v1/files/{rest:path}", "/v1/batches",
                     "/v1/batches/{rest:path}")]
+    if config.console.on(config.auth.admin_key):  # gateway/console: its own auth
+        console = ConsoleApp(services)
+        every = ["GET", "POST", "PUT", "DELETE"]
+        routes += [Route("/console", console, methods=every),
+                   Route("/console/{rest:path}", console, methods=every)]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error})
     app.state.services = services

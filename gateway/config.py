@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.batch.settings import BatchConfig
+from gateway.console.settings import ConsoleConfig
 from gateway.wire.limits import ClientLimits, ServerLimits
 from gateway.wire.proxy import DIRECT, parse_proxy
 from gateway.wire.redis_url import parse_target
@@ -460,6 +461,7 @@ class Config(_Strict):
     telemetry: TelemetryConfig = TelemetryConfig()  # type: ignore[call-arg]
     upstream: UpstreamConfig = UpstreamConfig()  # type: ignore[call-arg]
     batch: BatchConfig = BatchConfig()  # type: ignore[call-arg]  # gateway/batch
+    console: ConsoleConfig = ConsoleConfig()  # type: ignore[call-arg]  # gateway/console
 
     @property
     def auth_required(self) -> bool:
@@ -481,6 +483,14 @@ class Config(_Strict):
                          if ids.count(k) > 1]
             problems += [f"teams.{i}.models: unknown model {m!r}" for m in team.models
                          if m not in self.models]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _console(self) -> Config:
+        problems = self.console.problems(self.auth.admin_key,
+                                         [k.key for t in self.teams for k in t.keys])
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -33,6 +33,7 @@ from gateway.accounting.metering import Meter
 from gateway.batch.system import BatchSystem, start_batch
 from gateway.cache import CacheStage, ResponseCache
 from gateway.config import Config
+from gateway.console.service import Console, console_recorder
 from gateway.dispatch.attempts import new_attempt
 from gateway.dispatch.dispatcher import AttemptRunner, Dispatcher
 from gateway.dispatch.failover import Failover
@@ -68,6 +69,7 @@ class Services:
     accounts: Accounts
     cache: ResponseCache | None  # None: the config caches nothing
     failover: Failover | None  # None: failover is switched off
+    console: Console | None  # None: the console is off
     telemetry: Telemetry
     batch: BatchSystem | None = None  # None: no Files and Batch APIs (`batch.enabled`)
 
@@ -103,7 +105,8 @@ class Services:
         failover = self.failover = Failover(
             cfg, board, Fallbacks(cfg, registry, planner),
             on_open=prober.wake) if cfg.failover.enabled else None
-        self.telemetry = telemetry = Telemetry(cfg, tracing, failover)
+        recorder = console_recorder(cfg)  # settled requests, sampled while a console is open
+        self.telemetry = telemetry = Telemetry(cfg, tracing, failover, recorder)
         stack.push_async_callback(telemetry.shutdown)  # after everything else: flushes spans
         await self._monitor_pools(registry, board)
 
@@ -149,6 +152,12 @@ class Services:
             planner=planner, dispatcher=Dispatcher(runner, failover), meter=meter,
             telemetry=telemetry if telemetry.active else None, loop=loop,
             max_body=cfg.server.max_body_bytes)
+        self.console = None
+        if recorder is not None:
+            self.console = Console(cfg, recorder, store, board, failover,
+                                   lambda: registry.models)
+            self.console.start()
+            stack.push_async_callback(self.console.stop)
         if cfg.batch.enabled or self.batch_worker:  # its lane: the pipeline's stages
             self.batch = await start_batch(
                 cfg, store, self.pipeline, board, telemetry,

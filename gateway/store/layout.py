@@ -110,3 +110,14 @@ def response(team: str, response_id: str) -> str:
     """A stored response of the Responses API (JSON: the response and its conversation's
     input items), expiring after `responses.store_ttl_s`; under the team's hash tag."""
     return f"turnout:{{{team}}}:response:{response_id}"
+
+
+# The console (gateway/console): a few global keys, none per team.
+CONSOLE_SNAPSHOTS = "turnout:console:snapshots"  # HASH process id → its latest snapshot
+CONSOLE_WATCHING = "turnout:console:watching"  # present (short TTL) while a console is open
+
+
+def console_session(digest: str) -> str:
+    """A console login: JSON, expiring with it; `digest`: the SHA-256 of the cookie's
+    session id (the store never holds a usable cookie)."""
+    return f"turnout:console:session:{digest}"

@@ -10,7 +10,7 @@ import builtins
 import time
 from collections.abc import Sequence
 
-from gateway.store import memory_ledger
+from gateway.store import layout, memory_ledger
 from gateway.store.base import AdmitArgs, AdmitResult, Release, SettleArgs
 from gateway.store.memory_batch import MemoryBatchQueue
 from gateway.store.memory_ledger import LedgerState
@@ -111,6 +111,11 @@ class MemoryStore(MemoryBatchQueue):
         for lock, token in locks:
             if self._live(lock) == token:
                 self._data[lock] = (token, self._expiry(ttl_s))
+
+    async def limiter_tats(self, team: str) -> tuple[float, dict[str, float]]:
+        name = layout.limiters(team)
+        return time.time() * 1000, {field: tat for (key, field), tat in self._ledger.tats.items()
+                                    if key == name}
 
     async def ping(self) -> bool:
         return True

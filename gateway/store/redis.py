@@ -209,6 +209,13 @@ class RedisStore(RedisBatchQueue):
             await self._redis.execute_many([ScriptCall(self._cache_lock, (lock,), (token, ttl_ms))
                                             for lock, token in locks])
 
+    async def limiter_tats(self, team: str) -> tuple[float, dict[str, float]]:
+        sec, usec = await self._redis.execute(b"TIME")  # the scripts' clock, not ours
+        flat = await self._redis.execute(b"HGETALL", layout.limiters(team))
+        pairs = iter(flat)
+        return (int(sec) * 1000 + int(usec) / 1000,
+                {field.decode(): float(tat) for field, tat in zip(pairs, pairs, strict=True)})
+
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.execute(b"PING") == b"PONG")

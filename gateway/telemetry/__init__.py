@@ -7,14 +7,16 @@ Two ways in, both chosen by the services at construction:
   trace (`begin`) and reports admission, refusals and settlement, the one point each
   admitted request passes exactly once.
 
-Each part is None when switched off; with all three off the pipeline holds no
-`Telemetry` at all and pays nothing per request.
+Each part is None when switched off; with all three off, and the console off (its
+recorder samples settled requests), the pipeline holds no `Telemetry` at all and pays
+nothing per request.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 from gateway.accounting.metering import Outcome, RequestContext
 from gateway.canonical import CanonicalRequest, Operation
@@ -31,13 +33,23 @@ from policies.routing.base import Plan
 log = logging.getLogger("turnout.telemetry")
 
 
+class SettledHook(Protocol):
+    """Told of each admitted request once it settles (the console's recorder: it must be
+    O(1) and must not raise)."""
+
+    def settled(self, ctx: RequestContext, out: Outcome, args: SettleArgs,
+                plan: Plan | None) -> None: ...
+
+
 class Telemetry:
-    def __init__(self, cfg: Config, tracing: Tracing | None, failover: Failover | None) -> None:
+    def __init__(self, cfg: Config, tracing: Tracing | None, failover: Failover | None,
+                 console: SettledHook | None = None) -> None:
         tc = cfg.telemetry
         self.tracing = tracing
         self.metrics = Metrics(cfg.models, failover) if tc.metrics else None
         self.access_log = AccessLog() if tc.access_log else None
-        self.active = bool(self.tracing or self.metrics or self.access_log)
+        self.console = console  # None: the console is off
+        self.active = bool(self.tracing or self.metrics or self.access_log or self.console)
 
     def begin(self, scope: Scope, op: Operation) -> RequestTrace | None:
         """The request's server span, current until it settles; None while tracing is off."""
@@ -51,7 +63,7 @@ class Telemetry:
 
     def settled(self, ctx: RequestContext, out: Outcome, args: SettleArgs,
                 trace: RequestTrace | None, plan: Plan | None) -> None:
-        """Metrics, the access-log line, the end of the trace."""
+        """Metrics, the access-log line, the end of the trace, the console's sample."""
         try:
             if self.metrics is not None:
                 self.metrics.settled(ctx, out, args, time.monotonic())
@@ -59,6 +71,8 @@ class Telemetry:
                 self.access_log.settled(args.event, trace.trace_id if trace else None)
             if trace is not None:
                 trace.finish(ctx, out, args, plan)
+            if self.console is not None:
+                self.console.settled(ctx, out, args, plan)
         except Exception:  # never let telemetry fail a request
             log.exception("telemetry failed for request %s", ctx.req.request_id)
 
