@@ -9,7 +9,6 @@ while Redis is down, and its outage policy applies until Redis answers.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -22,6 +21,7 @@ from gateway.wire.resp import RespClient, RespError
 from gateway.wire.resp_cluster import ClusterClient
 from gateway.wire.resp_pubsub import Subscription as Subscribed
 from gateway.wire.resp_sentinel import SentinelClient
+from gateway.wire.shared import Shared
 
 log = logging.getLogger("turnout.store")
 
@@ -44,7 +44,7 @@ class RedisClient:
         self._seeds = tuple(seeds)
         self._timeout = timeout_s
         self._client: Client | None = None
-        self._finding: asyncio.Task[Client] | None = None
+        self._finding = Shared(self._ask)  # concurrent first callers share one question
 
     def __repr__(self) -> str:
         return f"RedisClient({self._client or self._seeds[0]!r})"
@@ -81,24 +81,13 @@ class RedisClient:
                           timeout_s=self._timeout)
 
     async def close(self) -> None:
-        if self._finding is not None:
-            self._finding.cancel()
-            await asyncio.gather(self._finding, return_exceptions=True)
+        await self._finding.settle(cancel=True)
         if self._client is not None:
             await self._client.close()
 
     async def _find(self) -> Client:
-        task = self._finding
-        if task is None:
-            task = self._finding = asyncio.get_running_loop().create_task(self._ask())
-            task.add_done_callback(self._found)
-        # shield: a caller cancelled while waiting must not cancel the others' question
-        return await asyncio.shield(task)
-
-    def _found(self, task: asyncio.Task[Client]) -> None:
-        self._finding = None
-        if not task.cancelled() and task.exception() is None:
-            self._client = task.result()
+        client = self._client = await self._finding.join()
+        return client
 
     async def _ask(self) -> Client:
         """The first seed that answers says whether it is a cluster node."""

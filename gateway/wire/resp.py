@@ -42,6 +42,7 @@ from gateway.wire.base import Arg, Command, Keys, Script, ScriptCall, StableKeys
 from gateway.wire.redis_url import RedisEndpoint, connect
 from gateway.wire.resp_codec import Encoded, bulks, encode
 from gateway.wire.resp_pubsub import Locate, Placed, Subscription
+from gateway.wire.shared import Shared
 
 ReplyError = hiredis.ReplyError  # an error reply, as hiredis hands it over (not raised)
 _KEYS_CACHED = 10_000
@@ -218,7 +219,7 @@ class RespClient:
         self._handshake = [encode(c) for c in endpoint.handshake()]
         self._timeout = timeout_s
         self._conn: _Connection | None = None
-        self._connecting: asyncio.Task[_Connection] | None = None
+        self._connecting = Shared(self._open)  # concurrent callers share one attempt
         self._keys: dict[Keys, Encoded] = {}  # scripts' keys, encoded once (bounded)
         self._heads: dict[tuple[bytes, int, int], bytes] = {}
 
@@ -294,8 +295,7 @@ class RespClient:
         return _script_command(self._heads, call, keys)
 
     async def close(self) -> None:
-        if self._connecting is not None:  # bounded by the timeout; then closed below
-            await asyncio.wait([self._connecting])
+        await self._connecting.settle()  # bounded by the timeout; then closed below
         if self._conn is not None:
             self._conn.close(StoreUnavailable("redis unavailable (client closed)"))
             self._conn = None
@@ -343,17 +343,7 @@ class RespClient:
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
-        task = self._connecting
-        if task is None:
-            task = self._connecting = asyncio.get_running_loop().create_task(self._open())
-            task.add_done_callback(self._opened)
-        # shield: a caller cancelled while waiting must not cancel the others' attempt
-        return await asyncio.shield(task)
-
-    def _opened(self, task: asyncio.Task[_Connection]) -> None:
-        self._connecting = None
-        if not task.cancelled():
-            task.exception()  # retrieved here: every waiter may have gone
+        return await self._connecting.join()
 
     async def _target(self) -> RedisEndpoint:
         """Where the next connection goes."""

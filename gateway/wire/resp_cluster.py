@@ -37,6 +37,7 @@ from gateway.wire.base import Arg, Command, Keys, Script, ScriptCall, StableKeys
 from gateway.wire.redis_url import RedisEndpoint
 from gateway.wire.resp import ReplyError, RespClient, RespError, Unreached, checked
 from gateway.wire.resp_pubsub import Locate, Placed, Subscription
+from gateway.wire.shared import Shared
 
 log = logging.getLogger("turnout.store")
 
@@ -114,7 +115,7 @@ class ClusterClient:
         self._seeds: list[Address] = [(s.host, s.port) for s in seeds]
         self._known: list[Address] = []  # every node in the last map, masters first
         self._owners: list[RespClient] = []  # slot → its master (empty: not loaded yet)
-        self._loading: asyncio.Task[bool] | None = None
+        self._loading = Shared(self._load_slots)  # one question at a time
         self._loaded_at = -1e9
         self._refresher: asyncio.Task[None] | None = None
         self._slots: dict[Keys, int] = {}  # StableKeys → slot
@@ -176,10 +177,10 @@ class ClusterClient:
         return locate, placed
 
     async def close(self) -> None:
-        for task in (self._refresher, self._loading):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await self._loading.settle(cancel=True)
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
         for node in list(self._nodes.values()):
             await node.close()
 
@@ -301,8 +302,8 @@ class ClusterClient:
         if self._owners:
             self._owners[slot] = self._node(address)
         loop = asyncio.get_running_loop()
-        if loop.time() - self._loaded_at >= _MIN_REFRESH_S and self._loading is None:
-            self._start_loading()
+        if loop.time() - self._loaded_at >= _MIN_REFRESH_S:
+            self._loading.start()
 
     async def _load(self) -> list[RespClient]:
         """The slot map, loaded if it is not yet (and the periodic refresh started)."""
@@ -315,23 +316,10 @@ class ClusterClient:
     async def _refresh(self, *, force: bool = False) -> bool:
         """Ask for the slot map again (one question at a time, at most every
         `_MIN_REFRESH_S` unless `force`): whether any slot's master changed."""
-        task = self._loading
-        if task is None:
-            loop = asyncio.get_running_loop()
-            if not force and loop.time() - self._loaded_at < _MIN_REFRESH_S:
-                return False
-            task = self._start_loading()
-        return await asyncio.shield(task)
-
-    def _start_loading(self) -> asyncio.Task[bool]:
-        task = self._loading = asyncio.get_running_loop().create_task(self._load_slots())
-        task.add_done_callback(self._loaded)
-        return task
-
-    def _loaded(self, task: asyncio.Task[bool]) -> None:
-        self._loading = None
-        if not task.cancelled():
-            task.exception()  # retrieved here: every waiter may have gone
+        if not self._loading.running and not force and \
+                asyncio.get_running_loop().time() - self._loaded_at < _MIN_REFRESH_S:
+            return False
+        return await self._loading.join()
 
     async def _refresh_every(self) -> None:
         while True:
