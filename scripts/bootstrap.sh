@@ -27,10 +27,12 @@ if [ ! -f "$STAMP" ]; then
 fi
 
 # System tools the tests use: redis-server (each test run starts its own on a free
-# port) and wrk (the benchmark's load generator, run by its smoke test).
+# port), wrk (the benchmark's load generator, run by its smoke test) and chromium (the
+# console's browser tests drive it through Playwright: /usr/bin/chromium).
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v wrk >/dev/null 2>&1 || missing="$missing wrk"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
 if [ -n "$missing" ]; then
   echo "==> installing$missing"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
