@@ -145,12 +145,21 @@ class Lane:
                 if time.time() * 1000 - created_ms > _ORPHAN_MS:
                     await self.store.batch_deactivate(team, bid)
                 continue
-            b = self._batches.get((team, bid)) or self._new(team, bid, record)
-            self._batches[(team, bid)] = b
-            b.status = text(record, "status") or ""
-            b.model = text(record, "model") or b.model
+            if text(record, "endpoint") not in lines.ENDPOINTS:  # not made by the API
+                log.warning("batch %s of team %s: not a batch record; unlisted", bid, team)
+                await self.store.batch_deactivate(team, bid)
+                continue
             seen.add((team, bid))
-            pending += await self._steps(b, record)
+            try:  # one batch's trouble (a bad record) must not hold up the others
+                b = self._batches.get((team, bid)) or self._new(team, bid, record)
+                self._batches[(team, bid)] = b
+                b.status = text(record, "status") or ""
+                b.model = text(record, "model") or b.model
+                pending += await self._steps(b, record)
+            except StoreUnavailable:
+                raise
+            except Exception:
+                log.exception("batch %s of team %s: skipped", bid, team)
         for key in [k for k in self._batches if k not in seen]:
             if not self._batches[key].busy:
                 self._cancel_lines(self._batches.pop(key))
