@@ -57,10 +57,7 @@ class Publisher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await _cancel(self._task)
         if self.recorder.watching:  # leave the view at once rather than after STALE_S
             with contextlib.suppress(StoreUnavailable):
                 await self.store.hdel(layout.CONSOLE_SNAPSHOTS, self.builder.proc)
@@ -145,10 +142,7 @@ class Feed:
             self.clients -= 1
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await _cancel(self._task)
 
     async def _run(self) -> None:
         while self.clients > 0 and not self.closed:
@@ -196,3 +190,10 @@ class Feed:
             order.append(item["id"])
             self._seen.add(item["id"])
         return new
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

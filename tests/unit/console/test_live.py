@@ -5,7 +5,6 @@ rates and circuit transitions; nothing published while nobody watches."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,8 +16,6 @@ from gateway.console.snapshot import CircuitWatch, SnapshotBuilder
 from gateway.store import MemoryStore, Store, layout
 from policies.scoreboard import Scoreboard
 from tests.support.console import deployment, settled
-from tests.support.procs import RedisServer
-from tests.support.stores import redis_store
 
 DEP = deployment("gpu/10.0.0.1:8000")
 
@@ -43,19 +40,6 @@ def process(name: str, store: Store, requests: int, board: Scoreboard | None = N
     return Publisher(store, builder, recorder, builder.watch)
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        s: Store = MemoryStore()
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        s = redis_store(server.url[:-1] + "7")  # a database of its own: no gateway's keys
-        await s.delete(layout.CONSOLE_SNAPSHOTS)
-        await s.delete(layout.CONSOLE_WATCHING)
-    yield s
-    await s.close()
-
-
 async def next_frame(feed: Feed, ready: Any) -> dict[str, Any]:
     async with asyncio.timeout(10):
         async for frame in feed.frames():
@@ -64,8 +48,11 @@ async def next_frame(feed: Feed, ready: Any) -> dict[str, Any]:
     raise AssertionError("the feed ended")
 
 
-async def test_processes_meet_in_the_store(store: Store, monkeypatch: pytest.MonkeyPatch
-                                           ) -> None:
+async def test_processes_meet_in_the_store(console_store: Store,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    store = console_store
+    await store.delete(layout.CONSOLE_SNAPSHOTS)
+    await store.delete(layout.CONSOLE_WATCHING)
     monkeypatch.setattr(live, "INTERVAL_S", 0.05)
     publishers = [process("p1", store, 5), process("p2", store, 7)]
     for p in publishers:

@@ -3,35 +3,22 @@ rate limit is in use (from the limiters' GCRA state), in memory and in Redis."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from gateway.accounting.accounts import Accounts
 from gateway.accounting.invalidation import LocalInvalidations
 from gateway.config import TeamConfig
 from gateway.console import spend
-from gateway.store import AdmitArgs, MemoryStore, Store
+from gateway.store import AdmitArgs, Store
 from policies.budgets import Budget, to_nanos
 from policies.ratelimits import Limits
+from tests.support.accounts import suffix
 from tests.support.console import settled
-from tests.support.procs import RedisServer
-from tests.support.stores import redis_store
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        s: Store = MemoryStore()
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        s = redis_store(server.url[:-1] + "7")
-    yield s
-    await s.close()
-
-
-async def test_spend_and_limits_in_use(store: Store, request: pytest.FixtureRequest) -> None:
-    team = f"spend-{request.node.callspec.id}-{id(store) % 10_000}"
+async def test_spend_and_limits_in_use(console_store: Store) -> None:
+    store = console_store
+    team = f"spend-{suffix()}"  # the Redis database outlives the test
     accounts = Accounts(store, LocalInvalidations([]))
     await accounts.start([TeamConfig.model_validate({
         "name": team, "limits": {"rpm": 60, "tpm": 6000}, "key_limits": {"rpm": 6},
