@@ -81,9 +81,10 @@ class NotMaster(StoreUnavailable):
 # Error replies meaning "Redis cannot serve right now" rather than "this command is wrong":
 # the callers' outage policy handles them like a dropped connection (redis-py raised
 # connection errors for the loading and authentication ones). CLUSTERDOWN: a cluster
-# whose master of some slots is gone and not yet replaced.
+# whose master of some slots is gone and not yet replaced; OOM: a full Redis (maxmemory
+# with noeviction) refusing writes.
 _OUTAGE_CODES = frozenset({"LOADING", "BUSY", "MASTERDOWN", "NOAUTH", "WRONGPASS",
-                           "CLUSTERDOWN"})
+                           "CLUSTERDOWN", "OOM"})
 
 
 def reply_error(reply: ReplyError) -> Exception:

@@ -366,3 +366,20 @@ async def test_store_methods_return_types(server: RedisServer,
     assert await store.cache_lookup(k + "c", k + "c:lock", b"t", 5.0) == (b"body", False)
     assert await store.ping() is True
     await store.close()
+
+
+async def test_a_full_redis_is_an_outage_not_an_error(
+        client: RespClient, admin: redis.Redis, request: pytest.FixtureRequest) -> None:
+    """maxmemory reached with noeviction: writes are refused (OOM) until there is room,
+    which callers handle with their outage policy."""
+    k = key(request, "k")
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(StoreUnavailable) as err:
+            await client.execute(b"SET", k, b"v")
+        assert str(err.value) == "redis unavailable (OOM)"
+        assert await client.execute(b"GET", k) is None  # reads still work
+    finally:
+        admin.config_set("maxmemory", "0")
+    assert await client.execute(b"SET", k, b"v") == b"OK"
