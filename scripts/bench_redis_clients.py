@@ -1,6 +1,6 @@
 """CPU per Redis call of the store's clients: ours (gateway/wire) against redis-py's, on one
-node and on a Redis Cluster. Starts its own redis-servers (a node, and a 3+3 cluster) on
-free ports.
+node, on a Redis Cluster and behind Sentinel. Starts its own redis-servers (a node, a 3+3
+cluster, a master with a replica and three sentinels) on free ports.
 
     .venv/bin/python scripts/bench_redis_clients.py [--calls 10000] [--rounds 3]
 
@@ -25,6 +25,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import uvloop
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import NoScriptError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,7 +36,7 @@ from gateway.wire.redis_client import open_redis
 from gateway.wire.redis_url import parse_url
 from gateway.wire.resp import RespClient
 from policies.ratelimits import Limits
-from tests.support.procs import RedisCluster, RedisServer, command
+from tests.support.procs import RedisCluster, RedisSentinel, RedisServer, command
 
 ONE_KEY = Script("bench", b"return redis.call('INCR', KEYS[1])")
 
@@ -103,7 +104,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     opts = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-    node, cluster = RedisServer(workdir), RedisCluster(workdir)
+    node, cluster, sentinel = RedisServer(workdir), RedisCluster(workdir), RedisSentinel(workdir)
+    sentinels = [("127.0.0.1", s.port) for s in sentinel.sentinels]
     try:
         for n in cluster.nodes:  # redis-py's cluster client does not load scripts per node
             command(n.port, "SCRIPT", "LOAD", ONE_KEY.source)
@@ -113,6 +115,8 @@ def main() -> None:
             "ours, cluster (open_redis)": lambda: open_redis(cluster.url),
             "redis-py, one node": lambda: RedisPy(aioredis.Redis.from_url(node.url)),
             "redis-py, cluster": lambda: RedisPy(aioredis.RedisCluster.from_url(cluster.url)),
+            "ours, sentinel (open_redis)": lambda: open_redis(sentinel.url),
+            "redis-py, sentinel": lambda: RedisPy(Sentinel(sentinels).master_for("mymaster")),
         }
         print(f"{opts.calls} calls, least of {opts.rounds} rounds; CPU µs per call")
         print(f"{'client':32} {'c':>3} {'admit':>8} {'evalsha':>8}")
@@ -126,6 +130,7 @@ def main() -> None:
     finally:
         node.stop()
         cluster.stop()
+        sentinel.stop()
 
 
 if __name__ == "__main__":
