@@ -33,6 +33,7 @@ from adapters.common import (
     load_object,
     max_output_tokens,
     parse_data_url,
+    reasoning_fields,
     rejected,
     retryable_kind,
     stop_list,
@@ -52,6 +53,9 @@ from gateway.canonical import (
     UpstreamResponse,
     Usage,
 )
+
+MESSAGES_API = "anthropic.messages"  # NativeRequest.api of a request from an Anthropic client
+THINKING_BLOCKS = ("thinking", "redacted_thinking")
 
 # 2023-06-01 is the version that still takes sampling parameters: 2026-10-21 answers a
 # request with temperature, top_p or top_k with a 400 (platform.claude.com/docs/en/api/versioning).
@@ -141,7 +145,12 @@ def _assistant_blocks(msg: dict[str, Any], where: str) -> list[dict[str, Any]]:
     if isinstance(content, list):  # text and refusal parts
         content = "".join(str(p.get("text") or p.get("refusal") or "") for p in content
                           if isinstance(p, dict))
-    blocks = [_text_block(content)] if isinstance(content, str) and content else []
+    # Signed thinking blocks an earlier answer carried (`thinking_blocks`, as this adapter
+    # returns them) go back first and unchanged: Claude checks their signatures.
+    blocks = [b for b in msg.get("thinking_blocks") or ()
+              if isinstance(b, dict) and b.get("type") in THINKING_BLOCKS]
+    if isinstance(content, str) and content:
+        blocks.append(_text_block(content))
     for i, call in enumerate(msg.get("tool_calls") or []):
         fn = call.get("function") or {}
         blocks.append({
@@ -242,11 +251,72 @@ def messages_body(src: dict[str, Any], target: Target) -> dict[str, Any]:
     if api_version(target) < _NO_SAMPLING_SINCE:  # ISO dates compare as strings
         _copy_sampling(src, out)
     _copy_options(src, out)
+    _thinking(src, out)
     return out
+
+
+# OpenAI's reasoning_effort → an extended-thinking budget (at least Anthropic's minimum of
+# 1024, below max_tokens as Anthropic requires).
+_EFFORT_BUDGETS = {"minimal": 1024, "low": 1024, "medium": 2048, "high": 4096}
+_MIN_BUDGET = 1024
+
+
+def _thinking(src: dict[str, Any], out: dict[str, Any]) -> None:
+    thinking = src.get("thinking")  # an Anthropic client's own (a continuation's request)
+    if not isinstance(thinking, dict):
+        budget = _EFFORT_BUDGETS.get(str(src.get("reasoning_effort")))
+        if budget is None or out["max_tokens"] <= _MIN_BUDGET:
+            return
+        thinking = {"type": "enabled", "budget_tokens": min(budget, out["max_tokens"] - 1)}
+    forced = (out.get("tool_choice") or {}).get("type") in ("any", "tool")
+    if thinking.get("type") != "disabled" and forced:
+        return  # Anthropic refuses thinking with a forced tool: the tool call wins
+    out["thinking"] = thinking
+    if thinking.get("type") != "disabled":  # thinking takes no sampling changes
+        for name in ("temperature", "top_p", "top_k"):
+            out.pop(name, None)
 
 
 def api_version(target: Target) -> str:
     return target.options.get("anthropic_version", API_VERSION)
+
+
+def native_body(src: dict[str, Any], target: Target) -> dict[str, Any]:
+    """A Messages request as its client sent it, for this deployment: its model, and no
+    sampling parameters where the API version refuses them."""
+    out = {**src, "model": target.upstream_model}
+    out.pop("stream", None)  # set by build_request, as for a translated request
+    if api_version(target) >= _NO_SAMPLING_SINCE:
+        for name in ("temperature", "top_p", "top_k"):
+            out.pop(name, None)
+    return out
+
+
+def count_tokens_request(req: CanonicalRequest, target: Target) -> UpstreamRequest:
+    """POST {base}/messages/count_tokens for a Messages request: the client's own when it
+    has one, else the translation of its canonical body (without `max_tokens`, which the
+    endpoint does not take)."""
+    native = req.native
+    if native is not None and native.api == MESSAGES_API:
+        body = native_body(native.body, target)
+    else:
+        body = messages_body(req.body, target)
+    for name in ("max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences",
+                 "metadata"):
+        body.pop(name, None)
+    headers = {"content-type": "application/json", "anthropic-version": api_version(target),
+               **target.headers}
+    if target.api_key:
+        headers["x-api-key"] = target.api_key
+    return UpstreamRequest("POST", target.base_url + "/messages/count_tokens", headers,
+                           orjson.dumps(body))
+
+
+def count_tokens_result(body: bytes) -> int:
+    count = load_object(body).get("input_tokens")
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise UpstreamFailure(FailureKind.PROTOCOL, "count_tokens answered without input_tokens")
+    return count
 
 
 # -- response ----------------------------------------------------------------------------------
@@ -272,9 +342,11 @@ class AnthropicUsage:
                 setattr(self, name, value)
 
     def canonical(self) -> Usage:
-        # Anthropic's input_tokens excludes cached input; OpenAI's prompt_tokens includes it.
+        # Anthropic reports cache reads and writes on top of input_tokens; the canonical
+        # prompt_tokens includes both (OpenAI's convention), each also counted apart.
         prompt = self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
-        return Usage(prompt, self.output_tokens, self.cache_read_input_tokens)
+        return Usage(prompt, self.output_tokens, self.cache_read_input_tokens,
+                     self.cache_creation_input_tokens)
 
 
 def finish_reason(stop_reason: Any) -> str:
@@ -293,7 +365,7 @@ def failure_from_error(error: Any) -> UpstreamFailure:
 
 
 def _completion(obj: dict[str, Any]) -> tuple[bytes, Usage]:
-    texts, calls = [], []
+    texts, calls, thinking = [], [], []
     for block in obj.get("content") or []:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
@@ -301,12 +373,16 @@ def _completion(obj: dict[str, Any]) -> tuple[bytes, Usage]:
         elif kind == "tool_use":
             calls.append(tool_call(str(block.get("id")), str(block.get("name")),
                                    orjson.dumps(block.get("input") or {}).decode()))
-        # thinking / redacted_thinking / server tool blocks have no OpenAI counterpart
+        elif kind in THINKING_BLOCKS:
+            thinking.append(block)
+        # server tool blocks have no OpenAI counterpart
     usage = AnthropicUsage()
     usage.update(obj.get("usage"))
     canonical = usage.canonical()
     only = choice(0, "".join(texts) if texts else None, calls,
                   finish_reason(obj.get("stop_reason")))
+    if thinking:
+        only["message"].update(reasoning_fields(thinking))
     body = completion_body(str(obj.get("id") or ""), str(obj.get("model") or ""), [only],
                            canonical)
     return body, canonical
@@ -355,12 +431,17 @@ class AnthropicStream:
 
     def _block_start(self, obj: dict[str, Any]) -> list[StreamChunk]:
         block = obj.get("content_block") or {}
-        if block.get("type") == "tool_use":
+        kind = block.get("type")
+        if kind == "tool_use":
             index = self._tools[obj.get("index", -1)] = len(self._tools)
             call = tool_call(str(block.get("id")), str(block.get("name")), "", index)
             return self._out.delta({"tool_calls": [call]})
-        if block.get("type") == "text" and block.get("text"):
+        if kind == "text" and block.get("text"):
             return self._out.delta({"content": block["text"]})
+        if kind == "thinking" and block.get("thinking"):
+            return self._out.delta({"reasoning_content": block["thinking"]})
+        if kind == "redacted_thinking":  # whole at its start: no deltas follow
+            return self._out.delta({"thinking_blocks": [block]})
         return []
 
     def _block_delta(self, obj: dict[str, Any]) -> list[StreamChunk]:
@@ -368,12 +449,19 @@ class AnthropicStream:
         kind = delta.get("type")
         if kind == "text_delta" and delta.get("text"):
             return self._out.delta({"content": delta["text"]})
+        if kind == "thinking_delta" and delta.get("thinking"):
+            return self._out.delta({"reasoning_content": delta["thinking"]})
+        if kind == "signature_delta" and delta.get("signature"):
+            # The signature ends a thinking block (it comes last): the client that sends
+            # the block back needs it, unchanged.
+            block = {"type": "thinking", "signature": delta["signature"]}
+            return self._out.delta({"thinking_blocks": [block]})
         index = self._tools.get(obj.get("index", -1))
         if kind == "input_json_delta" and delta.get("partial_json") and index is not None:
             fragment = {"index": index, "function": {"arguments": delta["partial_json"]}}
             return self._out.delta({"tool_calls": [fragment]})
-        # Thinking, signature and citation deltas, and the input of server tools (which run
-        # at Anthropic, not at the client), have no OpenAI counterpart.
+        # Citation deltas, and the input of server tools (which run at Anthropic, not at
+        # the client), have no OpenAI counterpart.
         return []
 
     def _message_delta(self, obj: dict[str, Any]) -> list[StreamChunk]:
@@ -407,9 +495,11 @@ _HANDLERS: dict[str, Callable[[AnthropicStream, dict[str, Any]], list[StreamChun
 class AnthropicAdapter:
     operations: frozenset[Operation] = frozenset({"chat"})
     # A trailing assistant message is a prefill that Claude continues; the API refuses one
-    # that ends in whitespace.
+    # that ends in whitespace. A Messages request from an Anthropic client is sent as the
+    # client wrote it (cache_control, thinking and its signed blocks intact).
     _capabilities = Capabilities(continues_prefill=True, prefill_trims_whitespace=True,
-                                 genai_provider="anthropic")
+                                 genai_provider="anthropic",
+                                 native_apis=frozenset({MESSAGES_API}))
 
     def capabilities(self, target: Target) -> Capabilities:
         return self._capabilities
@@ -418,7 +508,11 @@ class AnthropicAdapter:
         if req.operation not in self.operations:
             raise rejected(f"Anthropic has no {req.operation} API; model {req.model!r} needs an"
                            " OpenAI-compatible deployment for it")
-        body = messages_body(req.body, target)
+        native = req.native
+        if native is not None and native.api == MESSAGES_API and native.stands_for(req):
+            body = native_body(native.body, target)
+        else:
+            body = messages_body(req.body, target)
         headers = {
             "content-type": "application/json",
             "anthropic-version": api_version(target),

@@ -168,6 +168,17 @@ def json_schema_format(body: dict[str, Any]) -> dict[str, Any] | None:
 # -- writing the OpenAI response ---------------------------------------------------------------
 
 
+def reasoning_fields(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Anthropic thinking blocks as fields of an OpenAI message: the text as
+    `reasoning_content` (what vLLM's reasoning parsers and most OpenAI-compatible hosts
+    return), and the blocks themselves, signatures included, as `thinking_blocks`."""
+    text = "".join(str(b.get("thinking") or "") for b in blocks if b.get("type") == "thinking")
+    out: dict[str, Any] = {"thinking_blocks": blocks}
+    if text:
+        out["reasoning_content"] = text
+    return out
+
+
 def tool_call(
     call_id: str, name: str, arguments: str, index: int | None = None,
     extra: dict[str, Any] | None = None,

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
 import orjson
 
+from adapters.base import StreamTranslator
 from adapters.common import load_object
+from adapters.openai_responses import (
+    RESPONSES_API,
+    ResponsesStream,
+    completion,
+    responses_request,
+    serves_responses,
+)
 from gateway.canonical import (
     CanonicalRequest,
     Capabilities,
@@ -81,6 +90,27 @@ def error_message(body: bytes) -> tuple[str, str | None]:
     return str(err)[:_MAX_MESSAGE], None
 
 
+def tokenize_request(req: CanonicalRequest, target: Target) -> UpstreamRequest:
+    """vLLM's POST /tokenize (at the server root, beside /v1) for a chat request's prompt:
+    its messages and tools through the model's own chat template."""
+    root = target.base_url.removesuffix("/v1")
+    body = {"model": target.upstream_model, "messages": req.body.get("messages") or [],
+            "add_generation_prompt": True}
+    if req.body.get("tools"):
+        body["tools"] = req.body["tools"]
+    headers = {"content-type": "application/json", **target.headers}
+    if target.api_key:
+        headers["authorization"] = f"Bearer {target.api_key}"
+    return UpstreamRequest("POST", root + "/tokenize", headers, orjson.dumps(body))
+
+
+def tokenize_result(body: bytes) -> int:
+    count = load_object(body).get("count")
+    if not isinstance(count, int) or isinstance(count, bool):
+        raise UpstreamFailure(FailureKind.PROTOCOL, "/tokenize answered without a count")
+    return count
+
+
 class OpenAIStream:
     __slots__ = ("_keep_usage", "finished")
 
@@ -105,16 +135,25 @@ class OpenAIStream:
 
 
 _OPENAI = Capabilities()
+_OPENAI_RESPONSES = Capabilities(native_apis=frozenset({RESPONSES_API}))
 _AZURE = Capabilities(genai_provider="azure.ai.openai")
+# Fields of other client APIs that a canonical body may carry (for the response cache's
+# key, or a translated continuation): no OpenAI-compatible upstream takes them.
+_NOT_OPENAI = ("thinking",)
 
 
 class OpenAIAdapter:
     def capabilities(self, target: Target) -> Capabilities:
         # vLLM continues a prefill too (continue_final_message), but that is a pool's
         # setting (`pools[].continuation`); an OpenAI-compatible host may not.
-        return _AZURE if target.options.get("auth") == "api-key" else _OPENAI
+        if target.options.get("auth") == "api-key":
+            return _AZURE
+        return _OPENAI_RESPONSES if serves_responses(target) else _OPENAI
 
     def build_request(self, req: CanonicalRequest, target: Target) -> UpstreamRequest:
+        native = req.native
+        if native is not None:
+            return self._translated(req, target)
         body = dict(req.body)
         body["model"] = target.upstream_model
         if req.stream:
@@ -132,10 +171,36 @@ class OpenAIAdapter:
         return UpstreamRequest("POST", upstream_url(target, req.operation), headers,
                                orjson.dumps(body))
 
-    def parse_response(self, req: CanonicalRequest, body: bytes) -> UpstreamResponse:
-        return UpstreamResponse(body, usage_from_json(load_object(body).get("usage")))
+    def _translated(self, req: CanonicalRequest, target: Target) -> UpstreamRequest:
+        """A request from another client API: its own body where this upstream serves that
+        API (the Responses API), else the canonical body without other APIs' fields."""
+        native = req.native
+        if (native is not None and native.api == RESPONSES_API and native.stands_for(req)
+                and serves_responses(target)):
+            return responses_request(native.body, req.stream, target,
+                                     self._headers(req, target))
+        body = {k: v for k, v in req.body.items() if k not in _NOT_OPENAI}
+        return self.build_request(replace(req, body=body, native=None), target)
 
-    def stream_translator(self, req: CanonicalRequest) -> OpenAIStream:
+    @staticmethod
+    def _headers(req: CanonicalRequest, target: Target) -> dict[str, str]:
+        headers = {"content-type": "application/json", **target.headers}
+        if target.api_key:
+            headers["authorization"] = f"Bearer {target.api_key}"
+        if req.stream:
+            headers["accept"] = "text/event-stream"
+        return headers
+
+    def parse_response(self, req: CanonicalRequest, body: bytes) -> UpstreamResponse:
+        obj = load_object(body)
+        if req.native is not None and obj.get("object") == "response":  # the Responses API
+            data, usage = completion(obj)
+            return UpstreamResponse(data, usage)
+        return UpstreamResponse(body, usage_from_json(obj.get("usage")))
+
+    def stream_translator(self, req: CanonicalRequest) -> StreamTranslator:
+        if req.native is not None and req.native.api == RESPONSES_API:
+            return Sniffing(req.include_usage)
         return OpenAIStream(keep_usage_chunk=req.include_usage)
 
     def classify_error(
@@ -154,3 +219,24 @@ class OpenAIAdapter:
         else:
             kind = FailureKind.REJECTED
         return UpstreamFailure(kind, message, status=status, retry_after=retry_after)
+
+
+class Sniffing:
+    """The stream of a request that went to the Responses API or to chat completions,
+    whichever the deployment serves: its first event says which (Responses events are
+    named; chat chunks are not)."""
+
+    __slots__ = ("_inner", "_keep_usage", "finished")
+
+    def __init__(self, keep_usage_chunk: bool) -> None:
+        self.finished = False
+        self._keep_usage = keep_usage_chunk
+        self._inner: OpenAIStream | ResponsesStream | None = None
+
+    def feed(self, event: bytes | None, data: bytes) -> list[StreamChunk]:
+        if self._inner is None:
+            self._inner = (ResponsesStream(self._keep_usage) if event and event != b"message"
+                           else OpenAIStream(self._keep_usage))
+        chunks = self._inner.feed(event, data)
+        self.finished = self._inner.finished
+        return chunks

@@ -24,10 +24,16 @@ from gateway.http.admin import AdminAPI
 from gateway.http.anthropic_format import ANTHROPIC
 from gateway.http.asgi import PublicNames
 from gateway.http.client_format import ClientFormat
+from gateway.http.count_tokens import CountTokensEndpoint
 from gateway.http.models import ModelsEndpoint
 from gateway.http.openai_format import OPENAI, error_body
 from gateway.http.openapi import OpenApiEndpoint
 from gateway.http.ops import FailoverDebug, MetricsEndpoint, OpsListener, Readyz, healthz
+from gateway.http.responses_api import (
+    ResponsesEndpoint,
+    StoredResponseEndpoint,
+    StoredResponses,
+)
 from gateway.services import Services
 
 CONFIG_ENV = "TURNOUT_CONFIG"
@@ -89,6 +95,7 @@ def create_app(config: Config) -> FastPaths:
 
     public = (PublicNames(server.deployment_header, [p.name for p in config.pools])
               if server.deployment_header != "id" else None)
+    stored = StoredResponses(services, config.responses.store_ttl_s)
     routes = [
         Route("/v1/chat/completions", LLMEndpoint("chat", services, OPENAI, public),
               methods=["POST"]),
@@ -98,6 +105,12 @@ def create_app(config: Config) -> FastPaths:
               methods=["POST"]),
         Route("/v1/messages", LLMEndpoint("chat", services, ANTHROPIC, public),
               methods=["POST"]),
+        Route("/v1/messages/count_tokens", CountTokensEndpoint(services), methods=["POST"]),
+        Route("/v1/responses", ResponsesEndpoint(services, stored, public), methods=["POST"]),
+        Route("/v1/responses/{response_id}", StoredResponseEndpoint(services, stored),
+              methods=["GET", "DELETE"]),
+        Route("/v1/responses/{response_id}/input_items",
+              StoredResponseEndpoint(services, stored, items=True), methods=["GET"]),
         Route("/v1/models", ModelsEndpoint(services), methods=["GET"]),
         Route("/openapi.json", OpenApiEndpoint(config), methods=["GET"]),
         Route("/admin/{rest:path}", AdminAPI(services), methods=["GET", "POST", "PUT", "DELETE"]),

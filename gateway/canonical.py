@@ -27,41 +27,78 @@ class CanonicalRequest:
     priority: int | None = None  # from `x-turnout-priority` (may only lower the team's)
     allowed_models: frozenset[str] = frozenset()  # the key's models (empty: all): fallbacks
     prompt_tokens: int = 0  # estimated at admission: the scoreboard keeps TTFT by prompt size
+    # The client's own request, for upstreams that serve the client's API natively.
+    native: NativeRequest | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NativeRequest:
+    """A request in the client's own API (`api`: "anthropic.messages", "openai.responses"),
+    kept beside the canonical body it was translated into: an upstream whose capabilities
+    list `api` is sent this one (model renamed), so nothing the translation drops is lost
+    (cache_control, thinking, ...). It stands for that body only: once the body was
+    replaced (a continuation's prefill), the canonical body is what goes upstream."""
+
+    api: str
+    body: dict[str, Any]
+    of: dict[str, Any]  # the canonical body it stands for (compared by identity)
+
+    def stands_for(self, req: CanonicalRequest) -> bool:
+        return self.of is req.body
 
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens as the canonical (OpenAI) convention counts them: `prompt_tokens` is every
+    input token, cached reads (`cached_tokens`) and cache writes (`cache_write_tokens`)
+    included; `completion_tokens` includes `reasoning_tokens`. Adapters whose upstream
+    counts otherwise (Anthropic reports cache reads and writes on top of `input_tokens`)
+    convert once, into this."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # input read from the provider's prompt cache
+    cache_write_tokens: int = 0  # input written to the provider's prompt cache
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
 
+def _detail(details: Any, name: str) -> int:
+    return int(details.get(name) or 0) if isinstance(details, dict) else 0
+
+
 def usage_from_json(obj: Any) -> Usage | None:
     """An OpenAI `usage` object (the canonical shape's) as Usage; None if it is none."""
     if not isinstance(obj, dict):
         return None
-    details = obj.get("prompt_tokens_details") or {}
+    prompt = obj.get("prompt_tokens_details")
     return Usage(
         prompt_tokens=int(obj.get("prompt_tokens") or 0),
         completion_tokens=int(obj.get("completion_tokens") or 0),
-        cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+        cached_tokens=_detail(prompt, "cached_tokens"),
+        cache_write_tokens=_detail(prompt, "cache_write_tokens"),
+        reasoning_tokens=_detail(obj.get("completion_tokens_details"), "reasoning_tokens"),
     )
 
 
 def usage_json(usage: Usage, reasoning_tokens: int = 0) -> dict[str, Any]:
-    """Usage as OpenAI reports it."""
+    """Usage as OpenAI reports it (cache writes, which OpenAI does not report, as
+    `prompt_tokens_details.cache_write_tokens` when there are any)."""
+    details: dict[str, int] = {"cached_tokens": usage.cached_tokens}
+    if usage.cache_write_tokens:
+        details["cache_write_tokens"] = usage.cache_write_tokens
     out: dict[str, Any] = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "prompt_tokens_details": details,
     }
-    if reasoning_tokens:
-        out["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    reasoning = reasoning_tokens or usage.reasoning_tokens
+    if reasoning:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return out
 
 
@@ -155,6 +192,8 @@ class Capabilities:
     continues_prefill: bool = False  # continues a trailing assistant message (prefill)
     prefill_trims_whitespace: bool = False  # a prefill must not end in whitespace
     genai_provider: str = "openai"  # OpenTelemetry's gen_ai.provider.name for it
+    # Client APIs it serves natively (NativeRequest.api): sent the client's own request.
+    native_apis: frozenset[str] = frozenset()
 
 
 HealthCheck = Literal["health", "chat", "models", "off"]
@@ -176,6 +215,7 @@ class Deployment:
     pool: str | None = None  # set for self-hosted replicas
     weight: float = 1.0  # for the weighted policy
     price_cached_input: float | None = None  # None: cached input costs price_input
+    price_cache_write: float | None = None  # None: cache writes cost price_input
     capabilities: Capabilities = Capabilities()
     can_continue: bool = False  # may take over a broken stream (config, else capabilities)
     health_check: HealthCheck = "off"  # how to check it while its circuit is open

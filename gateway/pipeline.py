@@ -57,6 +57,7 @@ from policies.routing.base import Plan, RouteHints
 log = logging.getLogger("turnout.http")
 
 T = TypeVar("T")
+Prepare = Callable[[Principal, CanonicalRequest], Awaitable[None]]
 
 
 class Reply:
@@ -97,9 +98,11 @@ class Pipeline:
         self.max_body = max_body
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, op: Operation,
-                    fmt: ClientFormat) -> None:
+                    fmt: ClientFormat, prepare: Prepare | None = None) -> None:
         """One LLM request, from its ASGI scope to its settlement: authenticated and parsed
-        here, the rest in `handle` (the response cancelled if the client leaves)."""
+        here, the rest in `handle` (the response cancelled if the client leaves).
+        `prepare`: a stateful format's step after parsing, refused like a parse error (the
+        Responses API loads the conversation of `previous_response_id`)."""
         arrived = time.monotonic()
         headers = dict(scope["headers"])  # one pass; a repeated header: its last value
         rid = request_id(headers.get(b"x-request-id"))
@@ -114,6 +117,8 @@ class Pipeline:
             req = fmt.parse(op, raw, rid)
             apply_request_headers(req, headers.get(b"x-turnout-slo-ttft-ms"),
                                   headers.get(b"x-turnout-priority"))
+            if prepare is not None:
+                await prepare(principal, req)
         except BaseException as err:
             await self._refuse(err, send, fmt, rid, arrived, req, principal, trace)
             return

@@ -70,19 +70,30 @@ class Registry:
             return [Deployment(replica_id(pool.name, root), model, "openai", target,
                                p.input, p.output, pool=pool.name, weight=dc.weight,
                                price_cached_input=p.cached_input,
+                               price_cache_write=p.cache_write,
                                capabilities=get_adapter("openai").capabilities(target),
                                can_continue=pool.continuation, health_check="health")
                     for root in self.members[pool.name]
-                    for target in [Target(base_url=root + "/v1", upstream_model=dc.model)]]
+                    for target in [Target(base_url=root + "/v1", upstream_model=dc.model,
+                                          options=_pool_options(pool.responses_api))]]
         prov = self._providers[dc.target]
         base, key = provider_base(prov, self.simulated)
         # A simulated stand-in speaks OpenAI's dialect whatever the real provider speaks.
         dialect = "openai" if prov.name in self.simulated else prov.dialect
-        target = Target(base, dc.model, key, dict(prov.headers), dict(prov.options))
+        options = dict(prov.options)
+        if prov.name in self.simulated:  # the simulator serves chat completions only
+            options["responses_api"] = "translate"
+        target = Target(base, dc.model, key, dict(prov.headers), options)
         capabilities = get_adapter(dialect).capabilities(target)
         can_continue = (prov.continuation if prov.continuation is not None
                         else capabilities.continues_prefill)
         return [Deployment(f"{prov.name}/{dc.model}", model, dialect, target,
                            p.input, p.output, weight=dc.weight,
-                           price_cached_input=p.cached_input, capabilities=capabilities,
+                           price_cached_input=p.cached_input,
+                           price_cache_write=p.cache_write, capabilities=capabilities,
                            can_continue=can_continue, health_check=prov.health_check)]
+
+
+def _pool_options(responses_api: bool) -> dict[str, str]:
+    """vLLM serves /v1/responses itself (the OpenAI adapter's `responses_api` option)."""
+    return {"responses_api": "native" if responses_api else "translate"}

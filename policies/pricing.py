@@ -63,13 +63,20 @@ def max_output_tokens(operation: str, body: dict[str, Any], default: int) -> int
 
 
 def cost_nanos(dep: Deployment, usage: Usage) -> int:
+    """The canonical usage's cost: cache reads and writes are parts of `prompt_tokens`
+    (canonical.Usage), each priced at its own rate, the rest of the prompt at `input`;
+    reasoning tokens are part of `completion_tokens`, priced as output."""
     cached = min(usage.cached_tokens, usage.prompt_tokens)
-    cached_price = dep.price_input if dep.price_cached_input is None else dep.price_cached_input
-    return round(1000 * ((usage.prompt_tokens - cached) * dep.price_input
-                         + cached * cached_price + usage.completion_tokens * dep.price_output))
+    written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
+    read_price = dep.price_input if dep.price_cached_input is None else dep.price_cached_input
+    write_price = dep.price_input if dep.price_cache_write is None else dep.price_cache_write
+    return round(1000 * ((usage.prompt_tokens - cached - written) * dep.price_input
+                         + cached * read_price + written * write_price
+                         + usage.completion_tokens * dep.price_output))
 
 
 def worst_case_nanos(deps: Iterable[Deployment], prompt: int, output: int) -> int:
-    """What to reserve: the dearest deployment the plan might end up on, no cache discount."""
-    usage = Usage(prompt, output)
-    return max((cost_nanos(d, usage) for d in deps), default=0)
+    """What to reserve: the dearest deployment the plan might end up on, no cache discount,
+    and the whole prompt written to the cache where that costs more than input."""
+    plain, written = Usage(prompt, output), Usage(prompt, output, cache_write_tokens=prompt)
+    return max((max(cost_nanos(d, plain), cost_nanos(d, written)) for d in deps), default=0)

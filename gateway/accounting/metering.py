@@ -140,7 +140,8 @@ def settlement(ctx: RequestContext, out: Outcome, now: float | None = None) -> S
         "key_id": p.key_id, "model": req.model, "operation": req.operation,
         "deployment": out.deployment.id if out.deployment else None, "stream": req.stream,
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-        "cached_tokens": usage.cached_tokens, "total_tokens": usage.total_tokens,
+        "cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens, "total_tokens": usage.total_tokens,
         "cost_usd": to_usd(cost), "latency_ms": round(latency * 1000, 2),
         "ttft_ms": round(((out.first_byte or now) - out.started) * 1000, 2),
         "status": out.status, "cache_hit": out.cache_hit, "retries": out.retries,
@@ -161,7 +162,8 @@ def settlement(ctx: RequestContext, out: Outcome, now: float | None = None) -> S
         completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
         cache_hit=out.cache_hit, error=out.status >= 400, estimated=estimated,
         event=orjson.dumps(event), saved_tokens=out.saved_tokens,
-        saved_cost_nanos=out.saved_cost_nanos)
+        saved_cost_nanos=out.saved_cost_nanos, cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens)
 
 
 class Meter:

@@ -6,8 +6,13 @@
 - `StreamEncoder`: OpenAI chunks → Anthropic SSE events, in Anthropic's order;
 - `error_body` / `error_event`: a GatewayError in Anthropic's error shape.
 
-Only what Anthropic's format defines crosses over; fields with no OpenAI counterpart
-(`thinking`, `cache_control`, server tools' details) are dropped, server tools rejected.
+The canonical body holds what OpenAI's format can say; the request as the client sent it
+travels beside it (`NativeRequest`), so an Anthropic deployment gets it whole:
+`cache_control` (system, tools, messages, top level), `thinking` and the signed thinking
+blocks of earlier turns. Other upstreams get the canonical body: no `cache_control`, and
+`thinking` only where the upstream has an equivalent (README's fidelity table). Answers
+carry thinking back (`reasoning_content` / `thinking_blocks` in the canonical shape) as
+thinking blocks and deltas, signatures included. Server tools are rejected.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from typing import Any
 
 import orjson
 
-from gateway.canonical import CanonicalRequest, StreamChunk, Usage, usage_from_json
+from adapters.anthropic import MESSAGES_API, THINKING_BLOCKS
+from gateway.canonical import (
+    CanonicalRequest,
+    NativeRequest,
+    StreamChunk,
+    Usage,
+    usage_from_json,
+)
 from gateway.errors import GatewayError, bad_request
 from gateway.http.validation import (
     BOOLEAN,
@@ -49,6 +61,17 @@ _ERROR_TYPES = {
 }
 
 _CHOICES = ("auto", "any", "tool", "none")
+_THINKING = ("enabled", "disabled", "adaptive")
+
+
+def _thinking_ok(v: Any) -> bool:
+    if not isinstance(v, dict) or v.get("type") not in _THINKING:
+        return False
+    budget = v.get("budget_tokens")
+    return v["type"] != "enabled" or (isinstance(budget, int) and not isinstance(budget, bool)
+                                      and budget >= 1)
+
+
 FIELDS: Rules = {  # optional; the required ones are checked in `canonical`
     "stream": BOOLEAN,
     "temperature": between(0, 1),
@@ -62,6 +85,12 @@ FIELDS: Rules = {  # optional; the required ones are checked in `canonical`
                         "an object with `type` auto, any, tool or none", {
                             "type": "object", "required": ["type"],
                             "properties": {"type": {"enum": list(_CHOICES)}}}),
+    "thinking": Rule(_thinking_ok, "an object with `type` enabled (and `budget_tokens`),"
+                     " disabled or adaptive", {
+                         "type": "object", "required": ["type"], "properties": {
+                             "type": {"enum": list(_THINKING)},
+                             "budget_tokens": {"type": "integer", "minimum": 1}}}),
+    "cache_control": OBJECT,  # automatic caching: the breakpoint goes on the last block
 }
 # What `canonical` requires, as JSON Schema (for the API document).
 REQUIRED: JsonSchema = {
@@ -157,7 +186,7 @@ def _assistant_message(content: Any, at: str) -> dict[str, Any]:
             arguments = orjson.dumps(block.get("input") or {}).decode()
             calls.append({"id": block["id"], "type": "function",
                           "function": {"name": block["name"], "arguments": arguments}})
-        elif kind not in ("thinking", "redacted_thinking"):  # reasoning is not replayed
+        elif kind not in THINKING_BLOCKS:  # (sent back whole in the native request)
             raise _fail(f"{where}.type", f"{kind!r} blocks are not supported in assistant turns")
     msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
     if calls:
@@ -247,8 +276,9 @@ def _options(src: dict[str, Any], body: dict[str, Any]) -> None:
                                    "json_schema": {"name": "output", "schema": fmt.get("schema")}}
 
 
-def canonical(raw: bytes, request_id: str) -> CanonicalRequest:
-    """Validate a Messages request and build its OpenAI-shaped canonical request.
+def canonical(raw: bytes, request_id: str, *, counting: bool = False) -> CanonicalRequest:
+    """Validate a Messages request and build its OpenAI-shaped canonical request
+    (`counting`: a /v1/messages/count_tokens request, which has no `max_tokens`).
 
     The client always gets usage (Anthropic streams carry it), which the encoder takes
     from each StreamChunk's `usage`, so `include_usage` stays False."""
@@ -257,26 +287,39 @@ def canonical(raw: bytes, request_id: str) -> CanonicalRequest:
     if not isinstance(model, str) or not model:
         raise _fail("model", "is required and must be a non-empty string")
     limit = src.get("max_tokens")
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+    if counting:
+        src.pop("max_tokens", None)
+    elif not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         raise _fail("max_tokens", "is required and must be an integer >= 1")
     check_fields(src, FIELDS)
     system = _system(src.get("system"))
     messages = ([system] if system else []) + _messages(src.get("messages"))
-    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": limit}
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if not counting:
+        body["max_tokens"] = limit
     stream = src.get("stream") is True
     if stream:
         body["stream"] = True
     _options(src, body)
-    return CanonicalRequest("chat", model, body, stream, False, request_id)
+    if src.get("thinking") is not None:
+        # It changes the answer (the response cache keys on the canonical body) and a
+        # continuation's translated request keeps it; OpenAI-compatible upstreams drop it.
+        body["thinking"] = src["thinking"]
+    return CanonicalRequest("chat", model, body, stream, False, request_id,
+                            native=NativeRequest(MESSAGES_API, src, body))
 
 
 # -- (2) response ------------------------------------------------------------------------------
 
 
-def _stop(choice: dict[str, Any]) -> tuple[str, str | None]:
+def _stop(choice: dict[str, Any], tool_use: bool) -> tuple[str, str | None]:
     """(stop_reason, stop_sequence). vLLM names the stop string that matched in the
-    choice's `stop_reason`, which is exactly Anthropic's `stop_sequence`."""
+    choice's `stop_reason`, which is exactly Anthropic's `stop_sequence`. An answer that
+    holds a tool call stopped for it (`tool_use`, which agent loops check), whatever the
+    upstream said (vLLM says `stop` for a forced call), unless it ran out of tokens."""
     finish = choice.get("finish_reason")
+    if tool_use and finish != "length":
+        return "tool_use", None
     matched = choice.get("stop_reason")
     if finish == "stop" and isinstance(matched, str):
         return "stop_sequence", matched
@@ -284,20 +327,47 @@ def _stop(choice: dict[str, Any]) -> tuple[str, str | None]:
 
 
 def _usage(usage: Usage | None) -> dict[str, int]:
-    # Anthropic counts cached input apart from input_tokens; OpenAI includes it.
+    # Anthropic counts cache reads and writes apart from input_tokens; the canonical
+    # prompt_tokens includes both.
     u = usage or Usage()
-    return {"input_tokens": u.prompt_tokens - u.cached_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": u.cached_tokens,
-            "output_tokens": u.completion_tokens}
+    return {"input_tokens": max(0, u.prompt_tokens - u.cached_tokens - u.cache_write_tokens),
+            "cache_creation_input_tokens": u.cache_write_tokens,
+            "cache_read_input_tokens": u.cached_tokens, "output_tokens": u.completion_tokens}
 
 
-def _input(arguments: Any) -> dict[str, Any]:
-    """Tool input must be an object; arguments a model produced may not even parse."""
-    try:
-        value = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
+def tool_input(arguments: Any) -> Any:
+    """A tool call's arguments as the model wrote them: the JSON value they hold (an object
+    unless the model got it wrong, which the client then sees as it is), or the text when
+    it is not JSON at all. Never a silent `{}` in place of what the model said."""
+    if arguments is None or arguments == "":
         return {}
-    return value if isinstance(value, dict) else {}
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        return orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments
+
+
+def _reasoning(msg: dict[str, Any]) -> str:
+    text = msg.get("reasoning_content") or msg.get("reasoning")  # (vLLM >= 0.10: reasoning)
+    return text if isinstance(text, str) else ""
+
+
+def thinking_blocks(msg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The thinking of a canonical message as Anthropic blocks: those an Anthropic upstream
+    sent (signed), else its reasoning text as one unsigned block."""
+    text = _reasoning(msg)
+    blocks = [dict(b) for b in msg.get("thinking_blocks") or ()
+              if isinstance(b, dict) and b.get("type") in THINKING_BLOCKS]
+    if not blocks:
+        return [{"type": "thinking", "thinking": text, "signature": ""}] if text else []
+    for block in blocks:  # a streamed answer, assembled, kept the signature, not the text
+        if block["type"] == "thinking":
+            if "thinking" not in block:
+                block["thinking"], text = text, ""
+            block.setdefault("signature", "")
+    return blocks
 
 
 def new_message_id(upstream_id: str | None = None) -> str:
@@ -312,15 +382,16 @@ def message_body(completion: bytes, model: str | None = None) -> bytes:
     obj = orjson.loads(completion)
     choice = (obj.get("choices") or [{}])[0]
     msg = choice.get("message") or {}
-    content: list[dict[str, Any]] = []
+    content = thinking_blocks(msg)
     text = msg.get("content") or msg.get("refusal")
     if text:
         content.append({"type": "text", "text": text})
-    for call in msg.get("tool_calls") or []:
+    calls = msg.get("tool_calls") or []
+    for call in calls:
         fn = call.get("function") or {}
         content.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"),
-                        "input": _input(fn.get("arguments"))})
-    stop_reason, stop_sequence = _stop(choice)
+                        "input": tool_input(fn.get("arguments"))})
+    stop_reason, stop_sequence = _stop(choice, bool(calls))
     return orjson.dumps({
         "id": new_message_id(obj.get("id")), "type": "message", "role": "assistant",
         "content": content, "model": model or obj.get("model"),
@@ -336,10 +407,13 @@ def _event(name: str, data: dict[str, Any]) -> bytes:
     return encode(orjson.dumps({"type": name, **data}), name.encode())
 
 
+_JOINED = ("text", "thinking")  # block kinds whose consecutive deltas share one block
+
+
 class StreamEncoder:
     """OpenAI chunks → Anthropic events: message_start, then per block content_block_start /
-    content_block_delta... / content_block_stop (text and tool_use, one block open at a
-    time), then message_delta (stop_reason, cumulative usage) and message_stop.
+    content_block_delta... / content_block_stop (thinking, text and tool_use, one block open
+    at a time), then message_delta (stop_reason, cumulative usage) and message_stop.
 
     Usage is only known at the end: message_start carries `input_tokens` as estimated by the
     caller (0 if unknown) and message_delta the real counts, which is where Anthropic's
@@ -356,7 +430,7 @@ class StreamEncoder:
         self._block: tuple[int, str] | None = None  # (index, kind) of the open block
         self._next_index = 0
         self._tools: dict[int, int] = {}  # OpenAI tool_calls index → block index
-        self._stop: tuple[str, str | None] | None = None
+        self._stop: dict[str, Any] | None = None  # the choice that finished
         self._usage: Usage | None = None
 
     def feed(self, chunk: StreamChunk) -> bytes:
@@ -375,7 +449,8 @@ class StreamEncoder:
 
     def end(self) -> bytes:
         """After the last chunk: close the open block, then message_delta and message_stop."""
-        stop_reason, stop_sequence = self._stop or ("end_turn", None)
+        stop_reason, stop_sequence = _stop(self._stop or {"finish_reason": "stop"},
+                                           bool(self._tools))
         return b"".join([
             self._start(), self._close(),
             _event("message_delta", {"delta": {"stop_reason": stop_reason,
@@ -397,6 +472,12 @@ class StreamEncoder:
     def _choice(self, choice: dict[str, Any]) -> list[bytes]:
         delta = choice.get("delta") or {}
         out = []
+        reasoning = _reasoning(delta)
+        if reasoning:
+            out += self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            out.append(self._delta({"type": "thinking_delta", "thinking": reasoning}))
+        for block in delta.get("thinking_blocks") or ():
+            out += self._thinking_block(block)
         text = delta.get("content") or delta.get("refusal")
         if text:
             out += self._open("text", {"type": "text", "text": ""})
@@ -404,9 +485,22 @@ class StreamEncoder:
         for call in delta.get("tool_calls") or []:
             out += self._tool(call)
         if choice.get("finish_reason"):
-            self._stop = _stop(choice)
+            self._stop = choice
             out.append(self._close())
         return out
+
+    def _thinking_block(self, block: Any) -> list[bytes]:
+        """A signed thinking block's signature (it ends the block), or a redacted block."""
+        if not isinstance(block, dict):
+            return []
+        if block.get("type") == "redacted_thinking":
+            out = self._open("redacted_thinking", block)
+            return [*out, self._close()]
+        if block.get("type") == "thinking" and block.get("signature"):
+            out = self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            out.append(self._delta({"type": "signature_delta", "signature": block["signature"]}))
+            return [*out, self._close()]
+        return []
 
     def _tool(self, call: dict[str, Any]) -> list[bytes]:
         fn = call.get("function") or {}
@@ -416,7 +510,7 @@ class StreamEncoder:
             out += self._open("tool_use", {"type": "tool_use", "id": call.get("id"),
                                            "name": fn.get("name"), "input": {}})
             self._tools[index] = self._open_index()
-        if fn.get("arguments"):
+        if fn.get("arguments"):  # relayed as they come: the SDK parses them whole
             partial = {"type": "input_json_delta", "partial_json": fn["arguments"]}
             out.append(self._delta(partial, self._tools[index]))
         return out
@@ -426,8 +520,9 @@ class StreamEncoder:
         return self._block[0]
 
     def _open(self, kind: str, block: dict[str, Any]) -> list[bytes]:
-        """Start a block unless one of this kind is open (each tool call is its own block)."""
-        if self._block is not None and self._block[1] == kind and kind == "text":
+        """Start a block unless one of this kind is open and takes more deltas (text and
+        thinking do; each tool call and redacted block is a block of its own)."""
+        if self._block is not None and self._block[1] == kind and kind in _JOINED:
             return []
         closed = self._close()
         index = self._next_index

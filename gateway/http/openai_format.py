@@ -203,24 +203,51 @@ def error_body(err: GatewayError) -> bytes:
 
 
 _DONE = b"data: [DONE]\n\n"
+_MODEL = b'"model":'
+
+
+def with_model(data: bytes, model: bytes) -> bytes:
+    """An answer or chunk naming `model` (JSON-escaped), the name the client asked for,
+    where the upstream named its own (`x-turnout-deployment` says where it ran). A scan,
+    not a parse: the first `"model":` of an OpenAI object is its own (any in the text is
+    escaped), and it runs on every streamed chunk."""
+    i = data.find(_MODEL)
+    while i > 0 and data[i - 1] == 0x5C:  # `\"model\":` inside a string: not the key
+        i = data.find(_MODEL, i + 1)
+    if i < 0:
+        return data
+    start = i + len(_MODEL)
+    if data[start:start + 1] == b" ":
+        start += 1
+    if data[start:start + 1] != b'"':
+        return data
+    end = data.find(b'"', start + 1)
+    if end < 0 or data[end - 1] == 0x5C:  # an escaped quote in a name: leave it be
+        return data
+    return data[:start + 1] + model + data[end:]
+
+
+def _model_bytes(req: CanonicalRequest) -> bytes:
+    return orjson.dumps(req.model)[1:-1]
 
 
 class OpenAIStreamEncoder:
-    """Canonical chunks are OpenAI chunks already: frame them as SSE, end with [DONE]."""
+    """Canonical chunks are OpenAI chunks already: frame them as SSE (named after the
+    model the client asked for), end with [DONE]."""
 
-    __slots__ = ()
+    __slots__ = ("_model",)
+
+    def __init__(self, model: bytes) -> None:
+        self._model = model
 
     def chunk(self, chunk: StreamChunk) -> bytes:
-        return encode(chunk.data) if chunk.data else b""
+        return encode(with_model(chunk.data, self._model)) if chunk.data else b""
 
     def end(self) -> bytes:
         return _DONE
 
     def error(self, err: GatewayError) -> bytes:
         return encode(error_body(err))
-
-
-_ENCODER = OpenAIStreamEncoder()
 
 
 class OpenAIFormat:
@@ -233,10 +260,10 @@ class OpenAIFormat:
         return error_body(err)
 
     def completion_body(self, req: CanonicalRequest, body: bytes) -> bytes:
-        return body
+        return with_model(body, _model_bytes(req))
 
     def stream_encoder(self, req: CanonicalRequest) -> OpenAIStreamEncoder:
-        return _ENCODER
+        return OpenAIStreamEncoder(_model_bytes(req))
 
 
 OPENAI = OpenAIFormat()

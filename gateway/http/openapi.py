@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from gateway.batch.openapi_paths import openapi_paths
 from gateway.config import Config, TeamConfig
-from gateway.http import anthropic_schema, openai_format
+from gateway.http import anthropic_schema, openai_format, responses_schema
 from gateway.http.admin import NewKey
 from gateway.http.asgi import Receive, Scope, Send, send_response
 from gateway.http.validation import JsonSchema, Rules, properties
@@ -116,6 +116,22 @@ def document(cfg: Config) -> dict[str, Any]:
             "/v1/messages": _llm("Anthropic Messages", _body(
                 {**anthropic_schema.REQUIRED, "model": model}, anthropic_schema.FIELDS),
                 security="x-api-key"),
+            "/v1/messages/count_tokens": _llm("Anthropic token counting", _body(
+                {k: v for k, v in {**anthropic_schema.REQUIRED, "model": model}.items()
+                 if k != "max_tokens"}, anthropic_schema.FIELDS), security="x-api-key"),
+            "/v1/responses": _llm("OpenAI Responses API", _body(
+                {**responses_schema.REQUIRED, "model": model}, responses_schema.FIELDS)),
+            "/v1/responses/{response_id}": {
+                "parameters": [_param("response_id", "path", {"type": "string"})],
+                "get": _get("a stored response"),
+                "delete": _get("delete a stored response")},
+            "/v1/responses/{response_id}/input_items": {
+                "parameters": [_param("response_id", "path", {"type": "string"})],
+                "get": _get("a stored response's input items", query=[
+                    _param("limit", "query", {"type": "integer", "minimum": 1,
+                                              "maximum": 100}),
+                    _param("order", "query", {"enum": ["asc", "desc"]}),
+                    _param("after", "query", {"type": "string"})])},
             "/v1/models": {"get": _get("the public models the key may use")},
             "/healthz": {"get": _get("liveness", secured=False)},
             "/readyz": {"get": _get("readiness", secured=False)},

@@ -26,7 +26,9 @@ LIMITERS = (("key_rpm", True, "rpm"), ("key_tpm", True, "tpm"),
             ("team_rpm", False, "rpm"), ("team_tpm", False, "tpm"))
 ROLLUP_METRICS = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens",
                   "cost_nanos", "cache_hits", "errors", "estimated",
-                  "saved_tokens", "saved_cost_nanos")  # what response-cache hits saved
+                  "saved_tokens", "saved_cost_nanos",  # what response-cache hits saved
+                  # parts of prompt_tokens / completion_tokens (canonical.Usage)
+                  "cache_write_tokens", "reasoning_tokens")
 
 
 # How long a settled request's id is remembered, so a settlement sent again (its reply
@@ -85,12 +87,15 @@ class SettleArgs:
     event: bytes  # the JSON usage event
     saved_tokens: int = 0  # a response-cache hit: the tokens and cost it did not spend
     saved_cost_nanos: int = 0
+    cache_write_tokens: int = 0  # of prompt_tokens: written to the provider's prompt cache
+    reasoning_tokens: int = 0  # of completion_tokens
 
     def rollup(self) -> tuple[int, ...]:
         """Increments in ROLLUP_METRICS order."""
         return (1, self.prompt_tokens, self.completion_tokens, self.cached_tokens,
                 self.cost_nanos, int(self.cache_hit), int(self.error), int(self.estimated),
-                self.saved_tokens, self.saved_cost_nanos)
+                self.saved_tokens, self.saved_cost_nanos, self.cache_write_tokens,
+                self.reasoning_tokens)
 
 
 ALL = -1  # SettleArgs.reserved_nanos: the whole reservation (the request's own)

@@ -141,7 +141,8 @@ class RedisStore(RedisBatchQueue):
                 args.prompt_tokens, args.completion_tokens, args.cached_tokens,
                 int(args.cache_hit), int(args.error), int(args.estimated), args.event,
                 self._stream_maxlen, args.saved_tokens, args.saved_cost_nanos,
-                args.reserved_nanos, args.settlement, SETTLED_RETENTION_MS)
+                args.reserved_nanos, args.settlement, SETTLED_RETENTION_MS,
+                args.cache_write_tokens, args.reasoning_tokens)
         return ScriptCall(self._settle, keys, argv)
 
     async def settle(self, args: SettleArgs) -> None:

@@ -121,7 +121,7 @@ def test_anthropic_sdk_to_anthropic_upstream(
     sent = mock.last
     assert sent.headers["x-api-key"] == ANTHROPIC_KEY
     assert sent.body["model"] == "claude-sonnet-4-5"
-    assert sent.body["system"] == [{"type": "text", "text": "Be French."}]
+    assert sent.body["system"] == "Be French."  # the client's request, as it wrote it
     with claude_sdk.messages.stream(model="claude-x", max_tokens=50, messages=ASK) as stream:
         assert "".join(stream.text_stream) == "Bonjour from Claude!"
 

@@ -43,6 +43,8 @@ from gateway.canonical import (
 )
 from gateway.wire.sse import SSEParser
 from selfhost.sim import Simulator, ThreadedSim, serve
+from tests.support import anthropic_features as features
+from tests.support.anthropic_features import PromptCache
 
 # -- scripting ---------------------------------------------------------------------------------
 
@@ -73,6 +75,10 @@ class Reply:
     cache_creation_tokens: int = 0  # Anthropic only
     thoughts_tokens: int = 0  # Gemini only
     model: str | None = None  # else the requested model is echoed
+    # Anthropic, when the request enables thinking: the thinking text (signed by the mock)
+    # and, when set, a redacted_thinking block's data after it
+    thinking: str = "Let me think about this step by step."
+    redacted: str | None = None
 
 
 @dataclass
@@ -170,11 +176,11 @@ class _AnthropicInvalid(Exception):
     pass
 
 
-def _anthropic_check(body: Any, version: str) -> None:
+def _anthropic_check(body: Any, version: str, counting: bool = False) -> None:
     """The checks of the real API that catch translation bugs (messages as the API words them)."""
     if not isinstance(body, dict):
         raise _AnthropicInvalid("The request body is not valid JSON.")
-    for name in ("model", "max_tokens", "messages"):
+    for name in ("model", "messages") if counting else ("model", "max_tokens", "messages"):
         if name not in body:
             raise _AnthropicInvalid(f"{name}: Field required")
     for name in ("temperature", "top_p", "top_k"):
@@ -203,7 +209,14 @@ def _anthropic_check(body: Any, version: str) -> None:
 
 
 class AnthropicMock(_Mock):
-    """`POST /v1/messages` as api.anthropic.com answers it."""
+    """`POST /v1/messages` and `/v1/messages/count_tokens` as api.anthropic.com answers
+    them. With a `prompt_cache`, usage follows the request's cache_control breakpoints
+    (anthropic_features.py); without one it is the reply's script."""
+
+    def __init__(self, reply: Reply | None = None, *, api_key: str | None = None,
+                 prompt_cache: PromptCache | None = None) -> None:
+        super().__init__(reply, api_key=api_key)
+        self.prompt_cache = prompt_cache
 
     def _headers(self, request_id: str) -> dict[str, str]:
         reset = (datetime.now(UTC) + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -224,7 +237,8 @@ class AnthropicMock(_Mock):
 
     async def respond(self, request: web.BaseRequest, body: Any) -> web.StreamResponse:
         rid = self.next_id("req_")
-        if request.method != "POST" or request.path != "/v1/messages":
+        counting = request.path == "/v1/messages/count_tokens"
+        if request.method != "POST" or not (counting or request.path == "/v1/messages"):
             return self._error(404, f"Not found: {request.path}", rid)
         # SDKs before 2.0 send `x-api-key`; from 2.0 (API version 2026-10-21) a bearer token.
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -237,9 +251,14 @@ class AnthropicMock(_Mock):
         if not version:
             return self._error(400, "anthropic-version: header is required", rid)
         try:
-            _anthropic_check(body, version)
-        except _AnthropicInvalid as err:
+            _anthropic_check(body, version, counting)
+            thinking = features.check_thinking(body) if not counting else False
+            cached = self.prompt_cache.usage(body) if self.prompt_cache and not counting \
+                else None
+        except (_AnthropicInvalid, features.Invalid) as err:
             return self._error(400, str(err), rid)
+        if counting:
+            return _json({"input_tokens": features.count(body)}, headers=self._headers(rid))
         stream = body.get("stream") is True
         failure = self.take_failure()
         if failure is not None and not (failure.mid_stream and stream):
@@ -247,7 +266,7 @@ class AnthropicMock(_Mock):
             if failure.retry_after is not None:
                 extra["retry-after"] = f"{failure.retry_after:g}"
             return self._error(failure.status, failure.message, rid, failure.error_type, extra)
-        message = self._message(body)
+        message = self._message(body, thinking, cached)
         if not stream:
             return _json(message, headers=self._headers(rid))
         events = self._events(message)
@@ -257,9 +276,15 @@ class AnthropicMock(_Mock):
             events = [*events[:4], _anthropic_event("error", {"error": error})]
         return await _sse(request, events, self._headers(rid))
 
-    def _message(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _message(self, body: dict[str, Any], thinking: bool = False,
+                 cached: dict[str, Any] | None = None) -> dict[str, Any]:
         r = self.reply
         content: list[dict[str, Any]] = []
+        if thinking:  # billed as output
+            content.append({"type": "thinking", "thinking": r.thinking,
+                            "signature": features.signature(r.thinking)})
+            if r.redacted is not None:
+                content.append({"type": "redacted_thinking", "data": r.redacted})
         for item in r.content:
             if isinstance(item, Text):
                 content.append({"type": "text", "text": item.text})
@@ -273,8 +298,10 @@ class AnthropicMock(_Mock):
             "stop_reason": r.stop or natural, "stop_sequence": None,
             "usage": {"input_tokens": r.input_tokens,
                       "cache_creation_input_tokens": r.cache_creation_tokens,
-                      "cache_read_input_tokens": r.cached_tokens,
-                      "output_tokens": r.output_tokens, "service_tier": "standard"},
+                      "cache_read_input_tokens": r.cached_tokens, **(cached or {}),
+                      "output_tokens": r.output_tokens + (
+                          features.tokens(r.thinking) if thinking else 0),
+                      "service_tier": "standard"},
         }
 
     def _events(self, message: dict[str, Any]) -> list[bytes]:
@@ -303,6 +330,12 @@ def _anthropic_block(index: int, block: dict[str, Any]) -> list[bytes]:
     if block["type"] == "text":
         first: dict[str, Any] = {"type": "text", "text": ""}
         deltas = [{"type": "text_delta", "text": w} for w in _words(block["text"])]
+    elif block["type"] == "thinking":  # the text in deltas, then its signature
+        first = {"type": "thinking", "thinking": "", "signature": ""}
+        deltas = [{"type": "thinking_delta", "thinking": w} for w in _words(block["thinking"])]
+        deltas.append({"type": "signature_delta", "signature": block["signature"]})
+    elif block["type"] == "redacted_thinking":  # whole in its start event
+        first, deltas = block, []
     else:
         first = dict(block, input={})
         raw = orjson.dumps(block["input"]).decode()

@@ -10,7 +10,8 @@
 --       14 error, 15 estimated, 16 event JSON, 17 stream max length, 18 saved tokens,
 --       19 saved cost (nanos): what a response-cache hit did not spend, 20 the request's
 --       part of the reservation (nanos; -1: all of it), 21 settlement id, 22 how long
---       settled ids are remembered (ms)
+--       settled ids are remembered (ms), 23 cache write tokens, 24 reasoning tokens (parts
+--       of 10 and 11)
 local settled, sid = KEYS[6], ARGV[21]
 if redis.call('ZSCORE', settled, sid) then return 0 end
 redis.call('ZREMRANGEBYSCORE', settled, '-inf', now - tonumber(ARGV[22]))
@@ -73,7 +74,8 @@ local rollup = KEYS[4]
 for _, m in ipairs({{'requests'}, {'prompt_tokens', 10}, {'completion_tokens', 11},
                     {'cached_tokens', 12}, {'cost_nanos', 6}, {'cache_hits', 13},
                     {'errors', 14}, {'estimated', 15}, {'saved_tokens', 18},
-                    {'saved_cost_nanos', 19}}) do
+                    {'saved_cost_nanos', 19}, {'cache_write_tokens', 23},
+                    {'reasoning_tokens', 24}}) do
   local n = m[2] and ARGV[m[2]] or '1'
   if n ~= '0' then redis.call('HINCRBY', rollup, p .. m[1], n) end
 end

@@ -9,7 +9,14 @@ import pytest
 
 from adapters import get_adapter
 from adapters.anthropic import AnthropicAdapter, AnthropicStream
-from gateway.canonical import CanonicalRequest, ErrorClass, FailureKind, Target, UpstreamFailure
+from gateway.canonical import (
+    CanonicalRequest,
+    ErrorClass,
+    FailureKind,
+    Target,
+    UpstreamFailure,
+    Usage,
+)
 from tests.support.provider_mocks import (
     AnthropicMock,
     Failure,
@@ -199,17 +206,22 @@ def test_message_becomes_chat_completion_with_cache_aware_usage() -> None:
     body = orjson.loads(result.body)
     assert body["id"] == "msg_1" and body["object"] == "chat.completion"
     assert body["model"] == "claude-up" and isinstance(body["created"], int)
+    # The thinking block comes back whole (signature included) beside its text.
     assert body["choices"] == [{"index": 0, "logprobs": None, "finish_reason": "tool_calls",
                                 "message": {"role": "assistant", "content": "Let me check.",
                                             "refusal": None, "tool_calls": [
                                                 {"id": "toolu_1", "type": "function",
                                                  "function": {"name": "weather",
-                                                              "arguments": '{"city":"Paris"}'}}]}}]
-    # prompt_tokens = input + cache creation + cache read; cached = cache read
+                                                              "arguments": '{"city":"Paris"}'}}],
+                                            "reasoning_content": "hmm", "thinking_blocks": [
+                                                {"type": "thinking", "thinking": "hmm",
+                                                 "signature": "s"}]}}]
+    # prompt_tokens = input + cache creation + cache read; cached = cache read, and the
+    # cache write is counted apart too
     assert body["usage"] == {"prompt_tokens": 33, "completion_tokens": 7, "total_tokens": 40,
-                             "prompt_tokens_details": {"cached_tokens": 20}}
-    assert result.usage is not None
-    assert (result.usage.prompt_tokens, result.usage.cached_tokens) == (33, 20)
+                             "prompt_tokens_details": {"cached_tokens": 20,
+                                                       "cache_write_tokens": 3}}
+    assert result.usage == Usage(33, 7, cached_tokens=20, cache_write_tokens=3)
 
 
 @pytest.mark.parametrize(("stop", "finish"), [
@@ -336,18 +348,39 @@ def test_stream_tool_calls_get_their_own_indexes() -> None:
     ]
 
 
-def test_stream_ignores_unknown_events_thinking_and_server_tools() -> None:
+def test_stream_ignores_unknown_events_and_server_tools() -> None:
     _, out = translate([
         TOOL_STREAM[0],
-        ev("content_block_start", index=0, content_block={"type": "thinking", "thinking": ""}),
-        ev("content_block_delta", index=0, delta={"type": "thinking_delta", "thinking": "hm"}),
         ev("content_block_start", index=1, content_block={
             "type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}),
         ev("content_block_delta", index=1,
            delta={"type": "input_json_delta", "partial_json": '{"query": "x"}'}),
         ev("some_future_event", x=1),
     ])
-    assert out == [[]] * 6
+    assert out == [[]] * 4
+
+
+def test_stream_carries_thinking_and_its_signature() -> None:
+    """thinking_delta → `reasoning_content` deltas; signature_delta (which ends the block)
+    and a redacted block → `thinking_blocks`, as the client must send them back."""
+    _, out = translate([
+        TOOL_STREAM[0],
+        ev("content_block_start", index=0,
+           content_block={"type": "thinking", "thinking": "", "signature": ""}),
+        ev("content_block_delta", index=0, delta={"type": "thinking_delta", "thinking": "hm"}),
+        ev("content_block_delta", index=0, delta={"type": "signature_delta", "signature": "EqQ"}),
+        ev("content_block_stop", index=0),
+        ev("content_block_start", index=1,
+           content_block={"type": "redacted_thinking", "data": "EmwK"}),
+    ])
+    role = ({"role": "assistant", "content": ""}, None)
+    assert out == [
+        [], [],
+        [role, ({"reasoning_content": "hm"}, None)],
+        [({"thinking_blocks": [{"type": "thinking", "signature": "EqQ"}]}, None)],
+        [],
+        [({"thinking_blocks": [{"type": "redacted_thinking", "data": "EmwK"}]}, None)],
+    ]
 
 
 @pytest.mark.parametrize(("error_type", "kind", "status"), [

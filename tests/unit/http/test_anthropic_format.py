@@ -75,6 +75,8 @@ def test_full_request_in_openai_shape() -> None:
             "name": "weather", "description": "Weather",
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}],
         "tool_choice": "required", "parallel_tool_calls": False,
+        # thinking changes the answer, so it is part of the canonical body (cache key)
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
         "messages": [
             {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
             {"role": "user", "content": [
@@ -89,6 +91,10 @@ def test_full_request_in_openai_shape() -> None:
             {"role": "user", "content": [{"type": "text", "text": "And Rome?"}]},
         ],
     }
+    # ... and the request as the client wrote it rides beside it, for Anthropic upstreams
+    assert req.native is not None and req.native.stands_for(req)
+    assert req.native.body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert req.native.body["messages"][1]["content"][0]["signature"] == "s"
 
 
 @pytest.mark.parametrize(("choice", "expected"), [
@@ -119,6 +125,8 @@ def test_round_trip_through_the_anthropic_adapter_keeps_the_conversation() -> No
             {"type": "text", "text": "Thanks"}]},
     ]
     req = canonical(request(messages=messages, system="Be brief.", stop_sequences=["X"]), "r")
+    # Translated (as a continuation's changed body is): the conversation survives.
+    req.native = None
     up = AnthropicAdapter().build_request(req, Target("http://a/v1", "claude-up", "k"))
     body = orjson.loads(up.body)
     assert body["messages"] == messages
@@ -205,12 +213,52 @@ def test_stop_reason_map_inverts_the_adapters() -> None:
             assert FINISH_REASONS[stop] == finish
 
 
-def test_unparsable_tool_arguments_become_an_empty_input() -> None:
+@pytest.mark.parametrize(("arguments", "relayed"), [
+    ('{"city":"Paris"}', {"city": "Paris"}),
+    ("1e+23", 1e23),  # what vLLM's tiny model answers a forced call with
+    ("{oops", "{oops"),  # not JSON: the text, never a silent {}
+    ("", {}),
+])
+def test_tool_arguments_are_relayed_as_the_model_wrote_them(arguments: str,
+                                                            relayed: Any) -> None:
     raw = completion({"content": None, "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]},
-        "tool_calls")
-    assert orjson.loads(message_body(raw))["content"] == [
-        {"type": "tool_use", "id": "c", "name": "f", "input": {}}]
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+        "stop")  # vLLM's finish_reason for a forced tool call
+    message = orjson.loads(message_body(raw))
+    assert message["content"] == [{"type": "tool_use", "id": "c", "name": "f",
+                                   "input": relayed}]
+    assert message["stop_reason"] == "tool_use"  # an answer holding a tool call
+
+
+def test_a_tool_call_cut_by_max_tokens_says_max_tokens() -> None:
+    raw = completion({"content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{"}}]},
+        "length")
+    assert orjson.loads(message_body(raw))["stop_reason"] == "max_tokens"
+
+
+def test_cache_usage_and_thinking_come_back_in_anthropic_shape() -> None:
+    """Canonical usage counts cache reads and writes inside prompt_tokens; Anthropic's
+    input_tokens excludes both. Signed thinking blocks come back first, unchanged."""
+    body = orjson.loads(completion({
+        "content": "Hi", "reasoning_content": "hm",
+        "thinking_blocks": [{"type": "thinking", "thinking": "hm", "signature": "EqQ"},
+                            {"type": "redacted_thinking", "data": "EmwK"}]}, "stop"))
+    body["usage"] = {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050,
+                     "prompt_tokens_details": {"cached_tokens": 700, "cache_write_tokens": 200}}
+    message = orjson.loads(message_body(orjson.dumps(body)))
+    assert message["content"] == [
+        {"type": "thinking", "thinking": "hm", "signature": "EqQ"},
+        {"type": "redacted_thinking", "data": "EmwK"}, {"type": "text", "text": "Hi"}]
+    assert message["usage"] == {"input_tokens": 100, "cache_creation_input_tokens": 200,
+                                "cache_read_input_tokens": 700, "output_tokens": 50}
+
+
+def test_reasoning_from_an_openai_compatible_upstream_is_an_unsigned_thinking_block() -> None:
+    # vLLM >= 0.10 names it `reasoning`, older ones and most hosts `reasoning_content`
+    for field in ("reasoning", "reasoning_content"):
+        message = orjson.loads(message_body(completion({"content": "Hi", field: "so"}, "stop")))
+        assert message["content"][0] == {"type": "thinking", "thinking": "so", "signature": ""}
 
 
 # -- (3) streams -------------------------------------------------------------------------------
@@ -325,6 +373,45 @@ def test_the_official_sdk_accumulates_the_encoded_stream() -> None:
     assert final.stop_reason == "tool_use" and final.id == "msg_1"
     usage = final.usage
     assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (10, 20, 9)
+
+
+THINKING_CHUNKS = [
+    oa_chunk({"role": "assistant", "content": ""}),
+    oa_chunk({"reasoning_content": "Let me "}),
+    oa_chunk({"reasoning_content": "think."}),
+    oa_chunk({"thinking_blocks": [{"type": "thinking", "signature": "EqQBCg"}]}),
+    oa_chunk({"thinking_blocks": [{"type": "redacted_thinking", "data": "EmwK"}]}),
+    oa_chunk({"content": "Hi"}),
+    oa_chunk({}, "stop"),
+]
+
+
+def test_thinking_streams_as_thinking_signature_and_redacted_blocks() -> None:
+    got = [(name, obj.get("index"), obj.get("delta") or obj.get("content_block"))
+           for name, obj in events(encode_all(THINKING_CHUNKS))][1:-2]
+    assert got == [
+        ("content_block_start", 0, {"type": "thinking", "thinking": "", "signature": ""}),
+        ("content_block_delta", 0, {"type": "thinking_delta", "thinking": "Let me "}),
+        ("content_block_delta", 0, {"type": "thinking_delta", "thinking": "think."}),
+        ("content_block_delta", 0, {"type": "signature_delta", "signature": "EqQBCg"}),
+        ("content_block_stop", 0, None),
+        ("content_block_start", 1, {"type": "redacted_thinking", "data": "EmwK"}),
+        ("content_block_stop", 1, None),
+        ("content_block_start", 2, {"type": "text", "text": ""}),
+        ("content_block_delta", 2, {"type": "text_delta", "text": "Hi"}),
+        ("content_block_stop", 2, None),
+    ]
+
+
+def test_the_official_sdk_accumulates_streamed_thinking() -> None:
+    with serving(Replay(encode_all(THINKING_CHUNKS))) as root, \
+            sdk_client(root).messages.stream(**ASK) as stream:
+        final = stream.get_final_message()
+    thinking, redacted, text = final.content
+    assert thinking.type == "thinking" and (thinking.thinking, thinking.signature) == (
+        "Let me think.", "EqQBCg")
+    assert redacted.type == "redacted_thinking" and redacted.data == "EmwK"
+    assert text.type == "text" and text.text == "Hi" and final.stop_reason == "end_turn"
 
 
 def test_the_official_sdk_parses_the_message_body() -> None:
