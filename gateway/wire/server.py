@@ -15,8 +15,9 @@ Added (`ServerLimits`, limits uvicorn lacks): a request's head must end within
 `header_timeout_s` of its first byte and its body within `request_timeout_s` (408), a
 head is at most `max_head_bytes` (431), and a process holds at most `max_connections`
 (more are answered 503 and closed), so slow or half-open clients cannot hold a process's
-file descriptors or memory. The one timer per connection re-arms itself from the
-connection's phase (idle, head, body): no timer per request. A body that turns out
+file descriptors or memory. Deadlines (keep-alive's, the head's, the body's) are checked
+by one timer per server, every `tick_s` at most a second: no timer per request, nor per
+connection (an idle or half-open connection costs that much less). A body that turns out
 malformed, or late, after the app has started reaches the app as `RequestBodyError` from
 `receive()`, so the app answers it in its own error format (a 400 or 408), then the
 connection closes.
@@ -27,20 +28,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import Any
 from urllib.parse import unquote
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
 from gateway.http.asgi import ON_DISCONNECT, RequestBodyError
 from gateway.wire.limits import ServerLimits
-from gateway.wire.server_cycle import App, Cycle, default_block
+from gateway.wire.memory import Trimmer
+from gateway.wire.server_cycle import App, Cycle, Flow, default_block
 
 log = logging.getLogger("uvicorn.error")
 
@@ -48,7 +49,56 @@ _BAD = b"Invalid HTTP request received."
 _BAD_BODY = "Invalid HTTP request body received."
 # What the parser is in: between requests, in a head, in a body.
 IDLE, HEAD, BODY = 0, 1, 2
-_refusals = [0.0, 0]  # when refusals were last logged, and how many since
+
+
+class _Noted:
+    """A client's misbehaviour, logged at most once a minute per kind, with a count: a
+    flood of bad or slow clients must not flood the log."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.since: dict[str, int] = {}
+
+    def __call__(self, message: str) -> None:
+        now, count = time.monotonic(), self.since.get(message, 0) + 1
+        if now - self.last.get(message, -60.0) < 60:
+            self.since[message] = count
+            return
+        log.warning(message if count == 1 else f"{message} ({count} in the last minute)")
+        self.last[message], self.since[message] = now, 0
+
+
+_note = _Noted()
+
+
+class _Sweeper:
+    """One server's timer: every `period` it gives each connection the time, to act on
+    its deadlines; it stops while the server has no connection."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any],
+                 period: float) -> None:
+        self.loop, self.connections, self.period = loop, connections, period
+        self.handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        if self.handle is None:
+            self.handle = self.loop.call_later(self.period, self._sweep)
+
+    def _sweep(self) -> None:
+        self.handle = None
+        if self.connections:
+            now = self.loop.time()
+            for conn in tuple(self.connections):  # (a close may leave the set meanwhile)
+                conn.tick(now)
+            self.start()
+_NO_HEADERS: list[tuple[bytes, bytes]] = []  # never appended to: a head starts its own
+_ASGI: dict[str, dict[str, str]] = {}
+
+
+def _asgi(version: str) -> dict[str, str]:
+    """scope["asgi"], one dict per version for every connection."""
+    return _ASGI.setdefault(version, {"version": version, "spec_version": "2.3"})
+_trimmer = Trimmer()  # the process's memory back after a flood of connections
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -64,23 +114,23 @@ class HttpProtocol(asyncio.Protocol):
         self.state = server_state
         self.app_state = app_state
         self.root_path: str = config.root_path
-        self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
+        self.asgi = _asgi(config.asgi_version)
         self.keep_alive_s: float = config.timeout_keep_alive
         self.limits = limits = limits or ServerLimits()
-        # The timer's period: no deadline set later can come before now + tick_s.
-        self.tick_s = min(self.keep_alive_s, limits.header_timeout_s, limits.request_timeout_s)
-        self.parser = httptools.HttpRequestParser(self)
-        # Answer the first of pipelined requests even if a later one says "close".
-        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        # How often deadlines are checked (how late one may be seen): a fraction of the
+        # shortest, at most a second.
+        self.tick_s = min(1.0, self.keep_alive_s / 4, limits.header_timeout_s / 4,
+                          limits.request_timeout_s / 4)
+        # Made with the first byte: a connection that sends none costs none.
+        self.parser: httptools.HttpRequestParser = None  # type: ignore[assignment]
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.server: tuple[str, int | None] | None = None
         self.client: tuple[str, int] | None = None
         self.scheme = "http"
-        self.flow: FlowControl = None  # type: ignore[assignment]
+        self.flow: Flow = None  # type: ignore[assignment]
         self.cycle: Cycle = None  # type: ignore[assignment]  # the request being parsed
         self.active: Cycle | None = None  # the request being answered
-        self.pipeline: deque[Cycle] = deque()  # parsed, waiting for `active` to finish
-        self.timer: asyncio.TimerHandle | None = None
+        self.pipeline: list[Cycle] = []  # parsed, waiting for `active` to finish
         self.idle_since = 0.0
         self.phase = IDLE
         self.since = 0.0  # the first byte of the request being parsed
@@ -88,36 +138,46 @@ class HttpProtocol(asyncio.Protocol):
         self.check_head = False  # this read is larger than a head may be: measure it
         self.rejected: tuple[int, bytes] | None = None  # why a callback stopped the parser
         self.stopped = False  # the parser stopped: nothing more is read
-        # The request being parsed.
+        # The request being parsed (a list of its own from its first byte on).
         self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[bytes, bytes]] = _NO_HEADERS
         self.expect_100 = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
-        self.flow = FlowControl(transport)
-        if len(self.state.connections) >= self.limits.max_connections:
-            _log_refusal(self.limits.max_connections)
+        self.flow = Flow(transport, self.loop)
+        connections = self.state.connections
+        if len(connections) >= self.limits.max_connections:
+            _note(f"Refused a connection over the limit of {self.limits.max_connections} "
+                  "(server.limits.max_connections).")
             self.reject(503, b"Too many connections.", b"retry-after: 1\r\n")
             return
-        self.state.connections.add(self)  # type: ignore[arg-type]
-        self.server = get_local_addr(transport)
-        self.client = get_remote_addr(transport)
-        self.scheme = "https" if is_ssl(transport) else "http"
+        connections.add(self)  # type: ignore[arg-type]
+        _trimmer.seen(len(connections), self.loop)
+        sweeper: _Sweeper | None = getattr(self.state, "turnout_sweeper", None)
+        if sweeper is None:
+            sweeper = self.state.turnout_sweeper = _Sweeper(  # type: ignore[attr-defined]
+                self.loop, connections, self.tick_s)
+        sweeper.start()
+        # (The addresses are asked for with the first request: an idle or half-open
+        # connection costs as little memory as can be.)
         self._idle()  # a connection that never sends a request times out too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.connections.discard(self)
-        for cycle in (self.active, self.cycle, *self.pipeline):
-            if cycle is not None and not cycle.complete:
-                cycle.disconnected = True
-                cycle.wake()
-                if cycle.left is not None:
-                    cycle.left()
+        _trimmer.seen(len(self.state.connections), self.loop)
+        if self.cycle is not None:  # (no tuple of them: a flood's would pin memory)
+            self.cycle.gone()
+        if self.active is not None:
+            self.active.gone()
+        for cycle in self.pipeline:
+            cycle.gone()
         self.pipeline.clear()
-        if self.timer is not None:
-            self.timer.cancel()
         self.flow.resume_writing()  # senders waiting to drain wake up and see the disconnect
+        # Break the reference cycles (parser <-> protocol <-> cycle): the connection's
+        # memory goes back when it closes, not at some later full garbage collection.
+        self.stopped, self.active, self.cycle = True, None, None  # type: ignore[assignment]
+        self.parser = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self.stopped:
@@ -126,10 +186,15 @@ class HttpProtocol(asyncio.Protocol):
         if self.phase == HEAD:  # a head that began in an earlier read: all of this is it
             self.head_bytes += len(data)
         self.check_head = len(data) > limit
+        parser = self.parser
+        if parser is None:
+            parser = self.parser = httptools.HttpRequestParser(self)
+            # Answer the first of pipelined requests even if a later one says "close".
+            parser.set_dangerous_leniencies(lenient_data_after_close=True)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # served as HTTP; the parser can't go on: close
-            log.warning("Unsupported upgrade request.")
+            _note("Unsupported upgrade request.")
             self.stopped, self.phase = True, IDLE
             if self.cycle is not None and not self.cycle.complete:
                 self.cycle.keep_alive = False
@@ -149,18 +214,18 @@ class HttpProtocol(asyncio.Protocol):
             self.reject(*self.rejected)
         elif self.phase == BODY and not (cycle.started or cycle.complete):
             # The head was fine and the app has the request: it answers in its own format.
-            log.warning(_BAD_BODY)
+            _note(_BAD_BODY)
             self.phase = IDLE
             cycle.fail(RequestBodyError(400, _BAD_BODY))
         else:
-            log.warning("Invalid HTTP request received.")
+            _note("Invalid HTTP request received.")
             active = self.active
             if active is None or not active.started or active.head is not None:
                 self.reject(400, _BAD)  # nothing of a response written yet (as uvicorn)
             self.transport.close()  # else a response is under way: only hang up
 
     def _head_too_large(self) -> None:
-        log.warning("Request head over %d bytes.", self.limits.max_head_bytes)
+        _note(f"Request head over {self.limits.max_head_bytes} bytes.")
         self.stopped = True
         if self.active is None:
             self.reject(431, b"Request header fields too large.")
@@ -185,8 +250,6 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.phase, self.since, self.head_bytes = HEAD, self.loop.time(), 0
         self.url, self.headers, self.expect_100 = b"", [], False
-        if self.timer is None:
-            self.timer = self.loop.call_later(self.tick_s, self._tick)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -218,6 +281,10 @@ class HttpProtocol(asyncio.Protocol):
             path, raw_path = root + path, root.encode("ascii") + raw_path
         version = parser.get_http_version()
         method = parser.get_method().decode("ascii")
+        if self.client is None:  # the connection's first request
+            transport = self.transport
+            self.server, self.client = get_local_addr(transport), get_remote_addr(transport)
+            self.scheme = "https" if is_ssl(transport) else "http"
         scope = {
             "type": "http", "asgi": self.asgi, "http_version": version, "method": method,
             "scheme": self.scheme, "path": path, "raw_path": raw_path, "query_string": query,
@@ -269,10 +336,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.transport.is_closing():
             return
         if self.pipeline:
-            self._run(self.pipeline.popleft())
+            self._run(self.pipeline.pop(0))
             if self.phase == BODY and self.cycle is self.active:  # its body is read from now
                 self.since = self.loop.time()
-                self._arm()
         else:
             self.active = None
             self._idle()
@@ -281,17 +347,10 @@ class HttpProtocol(asyncio.Protocol):
 
     def _idle(self) -> None:
         self.idle_since = self.loop.time()
-        self._arm()
 
-    def _arm(self) -> None:
-        # One timer per connection, firing every tick_s while a deadline is set: none per
-        # request. A deadline set later is at least tick_s away, so none is missed.
-        if self.timer is None:
-            self.timer = self.loop.call_later(self.tick_s, self._tick)
-
-    def _tick(self) -> None:
-        self.timer = None
-        if self.transport.is_closing() or self.stopped:
+    def tick(self, now: float) -> None:
+        """The server's timer: act on a deadline that has passed."""
+        if self.stopped or self.transport.is_closing():
             return
         phase, limits = self.phase, self.limits
         if phase == HEAD:
@@ -300,12 +359,11 @@ class HttpProtocol(asyncio.Protocol):
             due = self.since + limits.request_timeout_s
         elif phase == IDLE and self.active is None:
             due = self.idle_since + self.keep_alive_s
-        else:  # answering (a queued request's body is not read yet): the next phase re-arms
+        else:  # answering (a queued request's body is not read yet): no deadline
             return
-        now = self.loop.time()
         if now < due:
-            self.timer = self.loop.call_at(min(due, now + self.tick_s), self._tick)
-        elif phase == HEAD:
+            return
+        if phase == HEAD:
             self._late(f"head not received within {limits.header_timeout_s:g}s")
         elif phase == BODY:
             self._late(f"body not received within {limits.request_timeout_s:g}s")
@@ -315,7 +373,7 @@ class HttpProtocol(asyncio.Protocol):
     def _late(self, what: str) -> None:
         """A request's head or body missed its deadline: 408 and close, in the app's
         format when the app has the request already."""
-        log.warning("Request %s.", what)
+        _note(f"Request {what}.")
         cycle, self.stopped = self.cycle, True
         if self.phase == BODY and not (cycle.started or cycle.complete):
             self.phase = IDLE
@@ -326,13 +384,3 @@ class HttpProtocol(asyncio.Protocol):
             (self.pipeline[-1] if self.pipeline else self.active).keep_alive = False
             if self.phase == BODY:
                 self.transport.close()
-
-
-def _log_refusal(cap: int) -> None:
-    """A refused connection, logged at most once a minute (a flood would flood the log)."""
-    _refusals[1] += 1
-    now = time.monotonic()
-    if now - _refusals[0] >= 60:
-        log.warning("Refused %d connection(s): %d open, the limit (server.limits."
-                    "max_connections).", _refusals[1], cap)
-        _refusals[0], _refusals[1] = now, 0

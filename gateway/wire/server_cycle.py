@@ -15,6 +15,44 @@ from gateway.http.asgi import RequestBodyError
 if TYPE_CHECKING:
     from gateway.wire.server import HttpProtocol
 
+class Flow:
+    """uvicorn's FlowControl (read and write pausing, a drain to wait on) without an
+    asyncio.Event per connection: a future exists only while a writer waits for the
+    buffer to drain. Idle and half-open connections cost that much less memory."""
+
+    __slots__ = ("_drained", "_loop", "_transport", "read_paused", "write_paused")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport, self._loop = transport, loop
+        self.read_paused = self.write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    async def drain(self) -> None:
+        if self.write_paused:
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            await self._drained
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            self._transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+
 Message = dict[str, Any]
 App = Callable[[Message, Any, Any], Awaitable[Any]]
 log = logging.getLogger("uvicorn.error")
@@ -64,6 +102,14 @@ class Cycle:
         before the response is complete (None: not any more). Saves the app a task
         blocked on `receive()` to learn it."""
         self.left = callback
+
+    def gone(self) -> None:
+        """The client disconnected: unless it was answered, the app hears it."""
+        if not self.complete and not self.disconnected:
+            self.disconnected = True
+            self.wake()
+            if self.left is not None:
+                self.left()
 
     def fail(self, error: RequestBodyError) -> None:
         """The body cannot be had: `receive()` raises `error`; the connection closes after

@@ -149,8 +149,9 @@ class Server:
         self.port = self.sock.getsockname()[1]
         if protocol is None:
             protocol = Probe if limits is None else functools.partial(Probe, limits=limits)
-        config = uvicorn.Config(app, http=protocol, loop="uvloop", lifespan="on",
-                                log_config=None, timeout_graceful_shutdown=WAIT, **options)
+        options.setdefault("loop", "uvloop")  # as `turnout serve` runs it
+        config = uvicorn.Config(app, http=protocol, lifespan="on", log_config=None,
+                                timeout_graceful_shutdown=WAIT, **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, args=([self.sock],))
         self.thread.start()
