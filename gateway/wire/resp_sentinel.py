@@ -11,9 +11,11 @@ Following the Sentinel client guidelines (redis.io, "Sentinel clients"), as redi
   not run) drops the connection and sends the command once more, to the master the
   sentinels name now;
 - the sentinels' `+switch-master` announcement (subscribed on one of them) drops the
-  connection at once: after a failover the old master may go on taking writes, to be lost,
+  connection at once, and the next goes to the master it names (a sentinel asked then may
+  not know yet): after a failover the old master may go on taking writes, to be lost,
   until the sentinels get round to demoting it (10 s after `SENTINEL FAILOVER` here);
-- a subscription follows the master too (`_placed`), so that PUBLISH counts it.
+- a subscription goes where the commands go, and follows them (`placement`), so that
+  PUBLISH counts it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from gateway.wire.base import Arg, Command, Keys, Script
 from gateway.wire.redis_url import RedisEndpoint, SentinelTarget
 from gateway.wire.resp import NotMaster, RespClient, RespError, Unreached, _Connection, checked
 from gateway.wire.resp_codec import encode
-from gateway.wire.resp_pubsub import Subscription
+from gateway.wire.resp_pubsub import Locate, Placed, Subscription
 
 log = logging.getLogger("turnout.store")
 _ROLE = encode((b"ROLE",))
@@ -41,6 +43,7 @@ class SentinelClient(RespClient):
         self._service = target.service.encode()
         self._sentinels = [RespClient(s, timeout_s=timeout_s) for s in target.sentinels]
         self._master: RedisEndpoint | None = None  # where the last connection went
+        self._announced: RedisEndpoint | None = None  # by +switch-master: connect there
         self._watch: Subscription | None = None  # +switch-master, from one sentinel
         self._watching: asyncio.Task[None] | None = None
         self._next_sentinel = 0
@@ -95,15 +98,29 @@ class SentinelClient(RespClient):
         return self._sentinels[self._next_sentinel % len(self._sentinels)].endpoint
 
     def _switched(self, message: bytes) -> None:
-        service, *_ = message.split(b" ", 1)
-        if service == self._service:
+        parts = message.decode(errors="replace").split()
+        if len(parts) == 5 and parts[0].encode() == self._service and parts[4].isdigit():
             log.warning("redis sentinel: %s failed over; reconnecting to the new master",
-                        self._service.decode())
+                        parts[0])
+            self._announced = self.endpoint.at(parts[3], int(parts[4]))
             self._drop()
 
+    def placement(self, channel: str) -> tuple[Locate, Placed]:
+        async def locate() -> RedisEndpoint:  # where the commands (and PUBLISH) go
+            return self._master or await self._resolve()
+
+        return locate, self._placed
+
     async def _target(self) -> RedisEndpoint:
+        """Where the next connection goes: the master +switch-master named, else the one
+        the sentinels name (either checked with ROLE once connected)."""
         if self._watch is None:
             self._start_watching()
+        master, self._announced = self._announced, None
+        self._master = master or await self._resolve()
+        return self._master
+
+    async def _resolve(self) -> RedisEndpoint:
         for i, sentinel in enumerate(self._sentinels):
             try:
                 reply = await sentinel.execute(b"SENTINEL", b"get-master-addr-by-name",
@@ -114,8 +131,7 @@ class SentinelClient(RespClient):
                 continue
             if i:  # the one that answered is asked first from now on
                 self._sentinels.insert(0, self._sentinels.pop(i))
-            master = self._master = self.endpoint.at(reply[0].decode(), int(reply[1]))
-            return master
+            return self.endpoint.at(reply[0].decode(), int(reply[1]))
         raise Unreached("redis unavailable (no sentinel names the master)")
 
     async def _verify(self, conn: _Connection) -> None:
