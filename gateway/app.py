@@ -84,8 +84,10 @@ def create_app(config: Config) -> FastPaths:
         try:
             if ops is not None and server.ops_port is not None:
                 listener = OpsListener(ops)
+                # Every worker binds it (SO_REUSEPORT: `--workers` may differ from
+                # server.workers, so always).
                 port = await listener.start(server.ops_host or server.host, server.ops_port,
-                                            reuse_port=server.workers > 1)
+                                            reuse_port=True)
                 logging.getLogger("turnout").info("ops endpoints on port %d", port)
             yield
         finally:

@@ -92,3 +92,18 @@ class ThreadedServer:
         asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+
+def first_then_ok(first: bytes, *, every_connection: bool = True) -> Server:
+    """Answers a connection's first request with `first` (the first connection's only,
+    unless `every_connection`), then OK to every request after it."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      n: int) -> None:
+        if every_connection or n == 1:
+            await server.read_request(reader)
+            writer.write(first)
+            await writer.drain()
+        await serve_forever(server, reader, writer, OK)
+
+    server = Server(handler)
+    return server

@@ -17,7 +17,7 @@ import trustme
 
 from gateway.canonical import FailureKind, UpstreamFailure
 from gateway.wire.http_client import CUT_OFF, UpstreamClient
-from tests.support.raw_http import OK, Server, post, serve_forever
+from tests.support.raw_http import OK, Server, first_then_ok, post, serve_forever
 
 
 @pytest.fixture
@@ -323,15 +323,7 @@ async def test_a_line_break_in_a_header_is_refused_before_sending(
 async def test_a_large_body_read_whole_leaves_the_connection_usable(
         client: UpstreamClient) -> None:
     big = b"x" * 300_000  # past the point where readline() would stop reading
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      n: int) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(big), big))
-        await writer.drain()
-        await serve_forever(server, reader, writer, OK)
-
-    server = Server(handler)
+    server = first_then_ok(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(big), big))
     url = await server.start()
     resp = await client.send(post(url))
     assert await resp.read() == big

@@ -15,7 +15,7 @@ import pytest
 from gateway.canonical import FailureKind, UpstreamFailure
 from gateway.wire.http_client import UpstreamClient
 from gateway.wire.limits import ClientLimits
-from tests.support.raw_http import OK, Server, post, serve_forever
+from tests.support.raw_http import Server, first_then_ok, post, serve_forever
 from tests.support.rss import MIB, peak, reset_peak
 
 LIMITS = ClientLimits(max_body_bytes=1 * MIB, max_error_body_bytes=4096,
@@ -271,16 +271,9 @@ async def test_a_redirect_is_a_protocol_failure(client: UpstreamClient, status: 
 
 
 async def test_a_connection_over_a_cap_is_never_reused(client: UpstreamClient) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      n: int) -> None:
-        if n == 1:
-            await server.read_request(reader)
-            big = b"z" * (2 * MIB)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(big), big))
-            await writer.drain()
-        await serve_forever(server, reader, writer, OK)
-
-    server = Server(handler)
+    big = b"z" * (2 * MIB)
+    server = first_then_ok(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(big), big),
+                           every_connection=False)
     url = await server.start()
     resp = await client.send(post(url))
     await fails(resp.read(), "over the limit")

@@ -45,7 +45,7 @@ CASES: dict[str, bytes] = {
     "expect-100": req(b"POST", headers=b"Content-Length: 2\r\nExpect: 100-continue\r\n",
                       body=b"hi"),
     "percent-path": req(target=b"/a%20b/%2F?q=%20"),
-    "upgrade-websocket": req(headers=b"Connection: Upgrade\r\nUpgrade: websocket\r\n",
+    "upgrade-websocket": req(headers=b"Connection: Upgrade, close\r\nUpgrade: websocket\r\n",
                              close=False),
     # Malformed heads: 400 and close.
     "not-http": b"NOT HTTP AT ALL\r\n\r\n",
