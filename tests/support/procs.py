@@ -243,10 +243,11 @@ class RedisCluster:
     """A private Redis Cluster: `masters` masters with `replicas` replicas each, every node
     a redis-server on free ports (its cluster bus too), created by `redis-cli --cluster
     create`, ready once every node says `cluster_state:ok`. `node_timeout_ms` is how long a
-    silent master goes unnoticed before its replica takes over."""
+    silent master goes unnoticed before its replica takes over (short enough for a test
+    that kills one; long enough that a busy machine's pauses start no failover)."""
 
     def __init__(self, workdir: Path, *, masters: int = 3, replicas: int = 1,
-                 node_timeout_ms: int = 1000) -> None:
+                 node_timeout_ms: int = 5000) -> None:
         self.workdir = workdir
         self.nodes: list[RedisServer] = []
         try:

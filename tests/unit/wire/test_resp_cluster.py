@@ -205,8 +205,8 @@ async def test_a_store_keeps_working_through_a_failover(
 
 async def test_a_killed_master_is_replaced_and_followed(tmp_path: Path) -> None:
     """Its slots fail (StoreUnavailable: the outage policy's) until its replica takes over
-    (the cluster's node timeout is 1 s), then work again on the same client."""
-    own = RedisCluster(tmp_path)
+    (the cluster's node timeout is 1 s here), then work again on the same client."""
+    own = RedisCluster(tmp_path, node_timeout_ms=1000)
     try:
         client = open_redis(own.url, timeout_s=0.5)
         key = f"killed:{tag()}"
