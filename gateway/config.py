@@ -201,7 +201,11 @@ class Price(_Strict):
 
     input: float = Field(0.0, ge=0)
     output: float = Field(0.0, ge=0)
-    cached_input: float | None = Field(None, ge=0, description="default: the input price")
+    cached_input: float | None = Field(None, ge=0, description=(
+        "input read from the provider's prompt cache; default: the input price"))
+    cache_write: float | None = Field(None, ge=0, description=(
+        "input written to the provider's prompt cache (Anthropic: 1.25x input for 5-minute"
+        " entries); default: the input price"))
 
 
 class Pool(_Strict):
@@ -216,7 +220,13 @@ class Pool(_Strict):
     dns_interval_s: float = Field(10.0, gt=0)
     probe_interval_s: float = Field(2.0, gt=0, description="/health probes")
     scrape_interval_s: float = Field(1.0, gt=0, description="/metrics scrapes")
+    max_num_seqs: int | None = Field(None, ge=1, description=(
+        "each replica's vLLM --max-num-seqs: routing's capacity until a scrape shows a queue"
+        " and it is learned; unset: learned only"))
     continuation: bool = Field(True, description="vLLM continue_final_message for failover")
+    responses_api: bool = Field(True, description=(
+        "/v1/responses requests go to vLLM's own /v1/responses (false: translated to chat"
+        " completions, for vLLM before 0.10)"))
 
     @field_validator("endpoints")
     @classmethod
@@ -401,6 +411,13 @@ class AdmissionConfig(_Strict):
     leases: bool = True
 
 
+class ResponsesConfig(_Strict):
+    """Stored responses of the Responses API (`store`, `previous_response_id`)."""
+
+    store_ttl_s: float = Field(30 * 86400, gt=0, description=(
+        "how long a stored response can be fetched or continued (default 30 days)"))
+
+
 class MeteringConfig(_Strict):
     stream_maxlen: int = Field(1_000_000, ge=1000, description="usage events kept per team")
 
@@ -456,6 +473,7 @@ class Config(_Strict):
     teams: list[TeamConfig] = []
     admission: AdmissionConfig = AdmissionConfig()  # type: ignore[call-arg]
     metering: MeteringConfig = MeteringConfig()  # type: ignore[call-arg]
+    responses: ResponsesConfig = ResponsesConfig()  # type: ignore[call-arg]
     cache: CacheConfig = CacheConfig()  # type: ignore[call-arg]
     failover: FailoverConfig = FailoverConfig()  # type: ignore[call-arg]
     telemetry: TelemetryConfig = TelemetryConfig()  # type: ignore[call-arg]

@@ -20,6 +20,7 @@ from gateway.accounting.admission import (
     Admission,
     AdmissionStage,
     Authenticator,
+    PrincipalCache,
     reservation_ttl_ms,
 )
 from gateway.accounting.invalidation import (
@@ -114,13 +115,10 @@ class Services:
         redis = self._redis()
         self.store = store = open_store(redis, stream_maxlen=cfg.metering.stream_maxlen)
         stack.push_async_callback(store.close)
-        self.authenticator = authenticator = Authenticator(
-            store, required=cfg.auth_required, admin_key=cfg.auth.admin_key,
-            cache_ttl_s=cfg.auth.cache_ttl_s, declared=declared_principals(cfg.teams),
-            lockout=Lockout(cfg.auth.lockout.failures, cfg.auth.lockout.window_s))
+        principals = PrincipalCache(cfg.auth.cache_ttl_s)
         ttl_ms = reservation_ttl_ms(cfg.admission, cfg.server.timeouts.total_s)
         leases = self._lease_holder(store, loop, ttl_ms)
-        listeners: list[Listener] = [authenticator, *([leases] if leases is not None else [])]
+        listeners: list[Listener] = [principals, *([leases] if leases is not None else [])]
         announcer: Announcer = LocalInvalidations(listeners)
         if isinstance(store, RedisStore):  # every process hears every change
             announcer = invalidations = Invalidations(store, listeners)
@@ -131,6 +129,11 @@ class Services:
         self.accounts = accounts = Accounts(store, announcer)
         await accounts.start(cfg.teams)
         stack.push_async_callback(accounts.stop)
+        self.authenticator = Authenticator(
+            store, principals, required=cfg.auth_required, admin_key=cfg.auth.admin_key,
+            declared=declared_principals(cfg.teams),
+            lockout=Lockout(cfg.auth.lockout.failures, cfg.auth.lockout.window_s),
+            restore=accounts.restore)
         meter = Meter(store)
         stack.push_async_callback(meter.close)  # runs before the store closes
         admission: AdmissionStage = Admission(store, cfg.admission, ttl_ms, meter, leases,
@@ -148,7 +151,7 @@ class Services:
                                failover.breakers if failover is not None else None,
                                TracedAttempts(tracer) if tracer is not None else new_attempt)
         self.pipeline = Pipeline(
-            registry=registry, authenticator=authenticator, cache=cache, admission=admission,
+            registry=registry, authenticator=self.authenticator, cache=cache, admission=admission,
             planner=planner, dispatcher=Dispatcher(runner, failover), meter=meter,
             telemetry=telemetry if telemetry.active else None, loop=loop,
             max_body=cfg.server.max_body_bytes)

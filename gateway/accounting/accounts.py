@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from dataclasses import replace
 
 import orjson
@@ -46,9 +45,6 @@ log = logging.getLogger("turnout.accounts")
 
 _PROBE_S = 2.0  # how often the declared teams and keys are checked for
 _HEAL_GAP_S = 1.0  # a team is put back at most this often from lookups
-# The Accounts that heal each store: lookups (authentication's, in admission.py) come
-# through `lookup_principal`, which then asks them about a declared key it did not find.
-_HEALERS: weakref.WeakKeyDictionary[Store, Accounts] = weakref.WeakKeyDictionary()
 
 
 def team_policy(team: TeamConfig) -> TeamPolicy:
@@ -63,16 +59,7 @@ def _key_record(team: str, k: KeyConfig) -> KeyRecord:
 
 async def lookup_principal(store: Store, digest: str) -> Principal | None:
     """The principal of the key whose hash is `digest`, from the store (None: no such key,
-    or its team is gone). A key the config declares that the store lost is put back
-    first (self-healing)."""
-    principal = await _lookup(store, digest)
-    healer = _HEALERS.get(store) if principal is None else None
-    if healer is not None and await healer.restore(digest):
-        principal = await _lookup(store, digest)
-    return principal
-
-
-async def _lookup(store: Store, digest: str) -> Principal | None:
+    or its team is gone)."""
     raw = await store.get(layout.key_index(digest))
     if raw is None:
         return None
@@ -114,7 +101,6 @@ class Accounts:
             seeded = False
         # A store in memory loses nothing while the process lives: nothing to watch.
         if teams and (self.store.name != "memory" or not seeded):
-            _HEALERS[self.store] = self
             self._watcher = asyncio.get_running_loop().create_task(self._watch(seeded))
 
     async def _watch(self, seeded: bool) -> None:
@@ -131,8 +117,6 @@ class Accounts:
                     await self._heal(name, "found missing")
 
     async def stop(self) -> None:
-        if _HEALERS.get(self.store) is self:
-            del _HEALERS[self.store]
         for task in (self._watcher, *self._healing.values()):
             if task is not None:
                 task.cancel()

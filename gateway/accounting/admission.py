@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 from gateway.accounting.accounts import lookup_principal
@@ -72,24 +72,77 @@ def bearer(authorization: bytes | None) -> str | None:
     return authorization[7:].strip().decode("latin-1") or None
 
 
-class Authenticator:
-    """Bearer key → Principal, cached; a `Listener` of invalidations. Failed attempts are
-    counted per client address (`Lockout`): a locked-out address gets 429 for keys never
-    seen to succeed, without a store lookup, while known-good keys still work from it."""
+class PrincipalCache:
+    """Key lookups this process made: key hash → (until, principal or None: no such key),
+    least recently used first out; a `Listener` of invalidations, so a change announced
+    anywhere drops what it held of the team or key at once."""
 
-    def __init__(self, store: Store, *, required: bool, admin_key: str | None,
-                 cache_ttl_s: float, declared: dict[str, Principal],
-                 lockout: Lockout | None = None) -> None:
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._entries: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
+        self.generation = 0  # bumped by every forget: a lookup begun before is not kept
+
+    def get(self, digest: str, now: float) -> tuple[float, Principal | None] | None:
+        """The entry, fresh or stale (None: never looked up, or forgotten)."""
+        entry = self._entries.get(digest)
+        if entry is not None and entry[0] > now:
+            self._entries.move_to_end(digest)
+        return entry
+
+    def put(self, digest: str, principal: Principal | None, now: float,
+            generation: int) -> None:
+        if generation == self.generation:  # else a change it may predate came since
+            _remember(self._entries, digest, (now + self.ttl_s, principal))
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def changed(self, change: Change) -> None:
+        """Drop what is held of a changed team or key (a recall changes neither)."""
+        if change.leases_only:
+            return
+        self.generation += 1
+        if change.key_hash is not None:
+            self._entries.pop(change.key_hash, None)
+        for digest, (_, p) in list(self._entries.items()):
+            if p is not None and p.team == change.team and change.key_id in (None, p.key_id):
+                del self._entries[digest]
+
+    def down(self) -> None:
+        self._forget_all()
+
+    def up(self) -> None:
+        self._forget_all()
+
+    def _forget_all(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+
+
+Restore = Callable[[str], Awaitable[bool]]
+
+
+class Authenticator:
+    """Bearer key → Principal, through `cache`. Failed attempts are counted per client
+    address (`Lockout`): a locked-out address gets 429 for keys never seen to succeed,
+    without a store lookup, while known-good keys still work from it. A key the lookup
+    does not find may be one the config declares and the store lost: `restore` puts it
+    back (self-healing, accounts.py) and it is looked up again."""
+
+    def __init__(self, store: Store, cache: PrincipalCache, *, required: bool,
+                 admin_key: str | None, declared: dict[str, Principal],
+                 lockout: Lockout | None = None, restore: Restore | None = None) -> None:
         self.store = store
+        self.cache = cache
         self.required = required
         self._admin = hash_key(admin_key) if admin_key else None
-        self._ttl = cache_ttl_s
-        # Key hash → (until, principal or None: no such key); least recently used first.
-        self._cache: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
         self._good: OrderedDict[str, None] = OrderedDict()  # hashes seen to succeed
         self._declared = declared  # config keys: they authenticate while the store is down
         self._lockout = lockout or Lockout(0, 1.0)
-        self._generation = 0  # bumped by every forget: a lookup begun before is not cached
+        self._restore = restore
 
     async def authenticate(self, authorization: bytes | None, api_key: bytes | None = None,
                            client: str | None = None) -> Principal:
@@ -101,25 +154,27 @@ class Authenticator:
         if not key:
             raise unauthorized("You didn't provide an API key: send `Authorization: Bearer KEY`.")
         digest = hash_key(key)
-        hit = self._cache.get(digest)
         now = time.monotonic()
+        hit = self.cache.get(digest, now)
         if hit is not None and hit[0] > now:
-            self._cache.move_to_end(digest)
             principal = hit[1]
         else:
             if digest not in self._good:
                 self._check_lockout(client)
             principal = await self._lookup(digest, hit, now)
         if principal is None:
-            self._lockout.failed(client)
+            if digest not in self._good:  # a revoked key's client is not guessing
+                self._lockout.failed(client)
             raise unauthorized("Incorrect API key provided.")
         return principal
 
     async def _lookup(self, digest: str, hit: tuple[float, Principal | None] | None,
                       now: float) -> Principal | None:
-        generation = self._generation
+        generation = self.cache.generation
         try:
             principal = await lookup_principal(self.store, digest)
+            if principal is None and self._restore is not None and await self._restore(digest):
+                principal = await lookup_principal(self.store, digest)
         except StoreUnavailable as err:
             log.warning("key lookup: %s", err)
             # A stale entry beats refusing: admission then applies the outage policy.
@@ -128,8 +183,7 @@ class Authenticator:
                 return known
             raise GatewayError(503, "the key store is unavailable; try again shortly",
                                type="server_error", code="store_unavailable") from None
-        if generation == self._generation:  # else a change it may predate came since
-            _remember(self._cache, digest, (now + self._ttl, principal))
+        self.cache.put(digest, principal, now, generation)
         if principal is not None:
             _remember(self._good, digest, None)
         return principal
@@ -155,29 +209,6 @@ class Authenticator:
             return True
         self._lockout.failed(client)
         return False
-
-    # -- invalidations ---------------------------------------------------------------------
-
-    def changed(self, change: Change) -> None:
-        """Drop this process's cached principals of a changed team or key."""
-        if change.leases_only:
-            return
-        self._generation += 1
-        if change.key_hash is not None:
-            self._cache.pop(change.key_hash, None)
-        for digest, (_, p) in list(self._cache.items()):
-            if p is not None and p.team == change.team and change.key_id in (None, p.key_id):
-                del self._cache[digest]
-
-    def down(self) -> None:
-        self._forget_all()
-
-    def up(self) -> None:
-        self._forget_all()
-
-    def _forget_all(self) -> None:
-        self._generation += 1
-        self._cache.clear()
 
 
 def _remember(lru: OrderedDict[str, T], key: str, value: T) -> None:

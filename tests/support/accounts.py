@@ -5,10 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
+
+from gateway.accounting.accounts import Accounts, declared_principals
+from gateway.accounting.admission import Authenticator, PrincipalCache
+from gateway.accounting.invalidation import Listener, LocalInvalidations
+from gateway.config import TeamConfig
+from gateway.store import Store
 
 # One message of one 4-character word: the gateway's chars/4 estimate (1 + 4 per message)
 # equals the simulator's count (1 word + 4 per message), so reservations settle unchanged.
@@ -48,3 +54,17 @@ def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
             assert value, "condition not reached in time"
             return value
         time.sleep(0.05)
+
+
+def authentication(store: Store, teams: list[TeamConfig], cache_ttl_s: float,
+                   extra_listeners: Sequence[Listener] = (), **kwargs: Any
+                   ) -> tuple[Authenticator, Accounts]:
+    """Authentication composed as the services compose it, for one process (no Redis
+    invalidations): the principal cache hears changes, accounts heal what the store lost.
+    `kwargs`: more for the Authenticator (lockout)."""
+    cache = PrincipalCache(cache_ttl_s)
+    accounts = Accounts(store, LocalInvalidations([cache, *extra_listeners]))
+    auth = Authenticator(store, cache, required=True, admin_key=None,
+                         declared=declared_principals(teams), restore=accounts.restore,
+                         **kwargs)
+    return auth, accounts

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.accounting.accounts import Accounts, declared_principals, team_policy
-from gateway.accounting.admission import Authenticator, bearer
-from gateway.accounting.invalidation import LocalInvalidations
+from gateway.accounting.accounts import team_policy
+from gateway.accounting.admission import bearer
 from gateway.config import ConfigError, parse_config
 from gateway.errors import GatewayError
 from gateway.store import MemoryStore
 from policies.keys import Principal, hash_key, new_key
 from policies.lockout import Lockout
+from tests.support.accounts import authentication
 
 BASE = {
     "pools": [{"name": "gpu", "endpoints": ["http://127.0.0.1:8000"]}],
@@ -55,9 +55,7 @@ async def test_principal_from_config_key() -> None:
         "keys": [{"id": "k1", "key": KEY}, {"id": "k2", "key": KEY + "x",
                                             "limits": {"rpm": 1}}]}]})
     store = MemoryStore()
-    authenticator = Authenticator(store, required=True, admin_key=None, cache_ttl_s=5,
-                                  declared=declared_principals(cfg.teams))
-    accounts = Accounts(store, LocalInvalidations([authenticator]))
+    authenticator, accounts = authentication(store, cfg.teams, 5)
     await accounts.start(cfg.teams)
     p = await authenticator.authenticate(f"Bearer {KEY}".encode())
     assert p == Principal.of(team_policy(cfg.teams[0]), (await accounts.keys("t"))[0])
@@ -98,10 +96,9 @@ async def test_guessing_keys_from_one_address_locks_it_out_but_not_known_keys(
     cfg = parse_config({**BASE, "teams": [{"name": "t", "keys": [
         {"id": "k1", "key": KEY}, {"id": "k2", "key": KEY + "2"}]}]})
     store = CountingStore()
-    auth = Authenticator(store, required=True, admin_key=None, cache_ttl_s=0,
-                         declared=declared_principals(cfg.teams),
-                         lockout=Lockout(5, 60.0, clock=lambda: now[0]))
-    await Accounts(store, LocalInvalidations([auth])).start(cfg.teams)
+    auth, accounts = authentication(store, cfg.teams, 0,
+                                    lockout=Lockout(5, 60.0, clock=lambda: now[0]))
+    await accounts.start(cfg.teams)
     await auth.authenticate(f"Bearer {KEY}".encode(), client="10.0.0.1")  # seen to succeed
     store.gets = 0
     for _ in range(5):
@@ -133,9 +130,8 @@ async def test_the_key_cache_evicts_least_recently_used_keys(
     monkeypatch.setattr("gateway.accounting.admission._CACHE_MAX", 50)
     cfg = parse_config({**BASE, "teams": [{"name": "t", "keys": [{"id": "k1", "key": KEY}]}]})
     store = CountingStore()
-    auth = Authenticator(store, required=True, admin_key=None, cache_ttl_s=60,
-                         declared=declared_principals(cfg.teams))
-    await Accounts(store, LocalInvalidations([auth])).start(cfg.teams)
+    auth, accounts = authentication(store, cfg.teams, 60)
+    await accounts.start(cfg.teams)
     await auth.authenticate(f"Bearer {KEY}".encode())
     for _ in range(500):  # a spray of unknown keys, the valid one in use meanwhile
         with pytest.raises(GatewayError):
@@ -143,7 +139,7 @@ async def test_the_key_cache_evicts_least_recently_used_keys(
         before = store.gets
         await auth.authenticate(f"Bearer {KEY}".encode())
         assert store.gets == before  # still cached: the spray evicted only its own keys
-    assert len(auth._cache) == 50
+    assert len(auth.cache) == 50
 
 
 def test_admin_key_strength_is_checked() -> None:

@@ -12,12 +12,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.accounting.accounts import Accounts, lookup_principal
-from gateway.accounting.admission import Authenticator
-from gateway.accounting.invalidation import CHANNEL, Change, Invalidations, LocalInvalidations
+from gateway.accounting.invalidation import CHANNEL, Change, Invalidations
 from gateway.config import TeamConfig
 from gateway.store import MemoryStore, RedisStore, Store
 from policies.keys import Principal, hash_key
-from tests.support.accounts import auth, new_key
+from tests.support.accounts import auth, authentication, new_key
 from tests.support.procs import RedisServer
 from tests.support.stores import redis_store
 
@@ -30,10 +29,9 @@ def teams(name: str, key: str, rpm: int = 100) -> list[TeamConfig]:
 async def test_a_lookup_overtaken_by_a_change_is_not_cached(
         monkeypatch: pytest.MonkeyPatch) -> None:
     store = MemoryStore()
-    authenticator = Authenticator(store, required=True, admin_key=None, cache_ttl_s=60,
-                                  declared={})
     key = new_key()
-    await Accounts(store, LocalInvalidations([authenticator])).start(teams("t", key))
+    authenticator, accounts = authentication(store, teams("t", key), 60)
+    await accounts.start(teams("t", key))
     looked_up, release = asyncio.Event(), asyncio.Event()
 
     async def slow(store: Store, digest: str) -> Principal | None:
@@ -46,10 +44,10 @@ async def test_a_lookup_overtaken_by_a_change_is_not_cached(
     pending = asyncio.ensure_future(
         authenticator.authenticate(auth(key)["authorization"].encode()))
     await looked_up.wait()
-    authenticator.changed(Change("t"))  # the team's policy changed meanwhile
+    authenticator.cache.changed(Change("t"))  # the team's policy changed meanwhile
     release.set()
     assert (await pending).team == "t"  # this request, already under way, goes on
-    assert hash_key(key) not in authenticator._cache  # the next one looks it up again
+    assert hash_key(key) not in authenticator.cache  # the next one looks it up again
 
 
 @pytest.fixture

@@ -15,16 +15,14 @@ from typing import Any
 import pytest
 
 from gateway.accounting import accounts as accounts_module
-from gateway.accounting.accounts import Accounts, declared_principals
-from gateway.accounting.admission import Authenticator
-from gateway.accounting.invalidation import Change, LocalInvalidations
+from gateway.accounting.invalidation import Change
 from gateway.config import TeamConfig
 from gateway.errors import GatewayError
 from gateway.store import AdmitArgs, RedisStore, layout
 from policies.budgets import Budget
 from policies.keys import hash_key
 from policies.ratelimits import Limits
-from tests.support.accounts import auth, new_key
+from tests.support.accounts import auth, authentication, new_key
 from tests.support.procs import RedisCluster, RedisServer, command
 from tests.support.stores import redis_store
 
@@ -69,12 +67,10 @@ class Setup:
             "budget": {"usd": 1, "period": "daily"},
             "keys": [{"id": "k1", "key": key}, {"id": "k2", "key": new_key()}]})]
         self.heard = Recorder()
-        self.auth = Authenticator(store, required=True, admin_key=None, cache_ttl_s=60,
-                                  declared=declared_principals(self.teams))
-        self.accounts = Accounts(store, LocalInvalidations([self.auth, self.heard]))
+        self.auth, self.accounts = authentication(store, self.teams, 60, [self.heard])
 
     async def who(self) -> Any:
-        self.auth.up()  # forget what was cached: the next lookup asks the store
+        self.auth.cache.up()  # forget what was cached: the next lookup asks the store
         return await self.auth.authenticate(auth(self.key)["authorization"].encode())
 
     async def spend(self, nanos: int) -> None:
