@@ -34,13 +34,18 @@ def config(sims: ThreadedSim, tmp: Path, **batch: Any) -> dict[str, Any]:
     return {
         "auth": {"admin_key": ADMIN},
         "pools": [pool_config("gpu", sims.urls[:2]), pool_config("down", sims.urls[2:])],
+        "providers": [{"name": "cloud", "base_url": sims.urls[0] + "/v1"}],
         "models": {"chat": {"deployments": [{"target": "gpu", "model": "m", "price": PRICE}]},
                    "embed": {"deployments": [{"target": "gpu", "model": "e"}]},
-                   "stuck": {"deployments": [{"target": "down", "model": "m"}]}},
+                   "stuck": {"deployments": [{"target": "down", "model": "m"}]},
+                   "busy": {"deployments": [{"target": "down", "model": "m"}]},
+                   "on-demand": {"deployments": [{"target": "cloud", "model": "m"}]}},
         "routing": {"slo_ttft_ms": 500},
         "teams": [{"name": "lab", "keys": [{"id": "k1", "key": KEY}]},
                   {"name": "other", "keys": [{"id": "k2", "key": OTHER}]}],
-        "batch": {"storage": {"path": str(tmp / "files")}, **batch},
+        # A batch of `busy` spills to `on-demand` at once (its pool never has room).
+        "batch": {"storage": {"path": str(tmp / "files")},
+                  "spill": {"after": 1e-5, "models": {"busy": "on-demand"}}, **batch},
     }
 
 
@@ -202,3 +207,18 @@ def test_expiry(sims: ThreadedSim, tmp_path: Path) -> None:
     finally:
         gw.stop()
     assert "Traceback" not in gw.logs()
+
+
+def test_spill_to_an_on_demand_model(gateway: Gateway) -> None:
+    """Past `spill.after` of its window, a batch whose pool has no room runs elsewhere."""
+    c = client(gateway)
+    f = c.files.create(file=jsonl(chat_lines(6, model="busy")), purpose="batch")
+    batch = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions",
+                             completion_window="24h")
+    done = wait_batch(c, batch.id)
+    assert done.status == "completed" and done.output_file_id
+    output = read_jsonl(c.files.content(done.output_file_id).read())
+    assert len(output) == 6
+    ids = {row["id"] for row in output.values()}
+    events = eventually(lambda: [e for e in ledger(gateway) if e["request_id"] in ids])
+    assert {e["deployment"] for e in events} == {"cloud/m"} and len(events) == 6
