@@ -6,20 +6,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import os
-import resource
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from gateway import cli_admin
 from gateway.app import configure_logging
 from gateway.config import Config, ConfigError, load_config
 from gateway.telemetry.metrics import multiprocess_dir
-from gateway.wire.limits import ServerLimits
 from selfhost import sim as simulator
 
 DEFAULT_CONFIG = "config/turnout.yaml"
@@ -45,8 +40,7 @@ def check_config(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from gateway import serving
     from gateway.app import CONFIG_ENV
 
     cfg = _load(args.config)
@@ -66,8 +60,7 @@ def serve(args: argparse.Namespace) -> int:
     # Workers are separate processes: /metrics adds up their values through shared files.
     metrics_dir = multiprocess_dir() if workers > 1 and cfg.telemetry.metrics else None
     try:
-        _run(uvicorn, host, port, workers, args.log_level, cfg.server.http,
-             _server_limits(cfg))
+        serving.run(cfg.server, host, port, workers, args.log_level)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -79,50 +72,6 @@ def batch_worker(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     return 1 if cfg is None else worker.run(cfg, args.metrics_port)
-
-
-def _server_limits(cfg: Config) -> ServerLimits:
-    """The server's limits, `max_connections` kept under the open-file limit (raised to
-    its hard limit first, as Go's runtime does): a client connection may hold an upstream
-    one too, and a clean 503 beats accept() failing for want of descriptors."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < want:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            soft = want
-    limits = cfg.server.limits
-    cap = limits.max_connections
-    if soft != resource.RLIM_INFINITY and cap > (soft - 64) // 2:
-        cap = max((soft - 64) // 2, 16)  # room for an upstream connection each, and more
-        print(f"server.limits.max_connections: {cap} per process (the open-file limit is "
-              f"{soft})", flush=True)
-    return ServerLimits(cap, limits.max_head_bytes, limits.header_timeout_s,
-                        limits.request_timeout_s)
-
-
-def _run(uvicorn: Any, host: str, port: int, workers: int, log_level: str, http: str,
-         limits: ServerLimits) -> None:
-    from gateway.wire.server import HttpProtocol
-
-    ours = http == "turnout"
-    uvicorn.run(
-        "gateway.app:app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        loop="uvloop",
-        # A partial, not a subclass: workers are spawned and their config pickled.
-        http=functools.partial(HttpProtocol, limits=limits) if ours else "httptools",
-        # uvicorn's own protocol has only this of our limits (a 503 per request over it).
-        limit_concurrency=None if ours else limits.max_connections,
-        lifespan="on",
-        access_log=False,
-        proxy_headers=False,  # X-Forwarded-* rewriting: off unless asked, a µs a request
-        log_level=log_level,
-        timeout_graceful_shutdown=5,
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:

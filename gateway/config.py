@@ -65,6 +65,14 @@ class ServerConfig(_Strict):
     # The HTTP/1.1 protocol uvicorn runs: ours (gateway/wire/server.py, lighter), or
     # uvicorn's own httptools one, kept as the fallback it replaces.
     http: Literal["turnout", "httptools"] = "turnout"
+    # After SIGTERM: how long requests and streams in flight may run on (new connections
+    # are refused, /readyz says 503); what still runs then ends with an error event.
+    drain_timeout_s: int = Field(30, ge=1, le=3600)
+    # How long an idle keep-alive connection is kept: longer than clients' pools keep
+    # theirs (httpx 5 s, aiohttp 15 s, Node 5 s), so the client, not the server, ends it
+    # and never sends a request into a connection the server is closing (nginx: 75 s).
+    # A new connection's first request must start within limits.header_timeout_s.
+    keep_alive_s: int = Field(75, ge=1, le=3600)
     limits: ServerLimitsConfig = ServerLimitsConfig()  # type: ignore[call-arg]
     # A second listener for /metrics, /debug/failover, /readyz and /healthz; once set,
     # the first two are no longer served on `port`.

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.accounting.admission import AdmissionStage, Authenticator
 from gateway.accounting.metering import Meter, Outcome, RequestContext, text_chars
@@ -65,7 +65,7 @@ class Reply:
     ASGI `send`, with the headers every response of it carries, past whoever watches the
     chunks (its trace; the cache assembling a miss to store)."""
 
-    __slots__ = ("_send", "assembler", "fmt", "headers", "started", "trace")
+    __slots__ = ("_send", "assembler", "cut", "encoder", "fmt", "headers", "started", "trace")
 
     def __init__(self, fmt: ClientFormat, send: Send, headers: Headers,
                  trace: RequestTrace | None) -> None:
@@ -74,7 +74,9 @@ class Reply:
         self.headers = headers
         self.trace = trace
         self.assembler: StreamAssembler | None = None
+        self.encoder: StreamEncoder | None = None  # a stream's, once it has started
         self.started = False  # a response head went out: an error can only end the body
+        self.cut = False  # still running at the end of the drain: it ends with an error
 
     async def send(self, message: Message) -> None:
         self.started = True
@@ -96,6 +98,22 @@ class Pipeline:
         self.telemetry = telemetry  # None: traces, metrics and access log all off
         self.loop = loop  # asked for once: on Python 3.11 each get_running_loop() is a getpid()
         self.max_body = max_body
+        self.draining = False  # the server was told to stop: finishing what is in flight
+        self._in_flight: dict[Reply, asyncio.Task[Any]] = {}  # what a drain may have to cut
+
+    def drain(self, within_s: float) -> None:
+        """The server stops accepting requests and gives those in flight `within_s` to
+        finish (server.drain_timeout_s). What still runs just before then is cut by us,
+        cleanly: a stream ends with the in-stream error event, an answer not yet begun
+        with a 503, instead of being cancelled mid-body by the server's own timeout."""
+        if not self.draining:
+            self.draining = True
+            self.loop.call_later(max(0.0, within_s - _CUT_BEFORE_S), self._cut)
+
+    def _cut(self) -> None:
+        for reply, task in list(self._in_flight.items()):
+            reply.cut = True
+            task.cancel(_DRAINED)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, op: Operation,
                     fmt: ClientFormat, prepare: Prepare | None = None) -> None:
@@ -159,6 +177,9 @@ class Pipeline:
             reply.headers += self.cache.admitted(cached, req)
             reply.assembler = cached.assembler
         plan: Plan | None = None
+        task = asyncio.current_task(self.loop)
+        if task is not None:
+            self._in_flight[reply] = task
         try:
             if cached is not None and cached.entry is not None:
                 work = self._replay(ctx, cached, out, reply)
@@ -170,6 +191,13 @@ class Pipeline:
         except GatewayError as err:  # planning refused it (shed): admitted, so settled
             out.status = err.status
             await send_error(send, fmt, err, rid, reply.headers)
+        except asyncio.CancelledError:
+            if not reply.cut:
+                raise
+            if task is not None:
+                task.uncancel()  # ours, at the end of the drain: answered, not propagated
+            out.status = _SHUTTING_DOWN.status
+            await self._end_cut(reply, rid)
         except Exception:
             # A bug of ours: log it with the traceback, tell the client only that it happened.
             log.exception("unhandled error serving request %s", rid)
@@ -177,7 +205,18 @@ class Pipeline:
             if not reply.started:
                 await send_error(send, fmt, _internal(rid), rid, reply.headers)
         finally:
+            self._in_flight.pop(reply, None)
             self._settle(ctx, out, cached, plan, trace)
+
+    @staticmethod
+    async def _end_cut(reply: Reply, rid: str) -> None:
+        """End a response the drain cut: a stream with its error event, an answer not yet
+        begun with a 503 (a non-streamed one being sent is past saving)."""
+        if not reply.started:
+            await send_error(reply.send, reply.fmt, _SHUTTING_DOWN, rid, reply.headers)
+        elif reply.encoder is not None:
+            await reply.send({"type": "http.response.body",
+                              "body": reply.encoder.error(_SHUTTING_DOWN)})
 
     # -- before admission -----------------------------------------------------------------
 
@@ -274,7 +313,8 @@ class Pipeline:
                               "headers": SSE_HEADERS + _route_headers(
                                   req.request_id, stream.deployment.id, plan) + reply.headers})
             out.first_byte = time.monotonic()
-            await self._relay(stream, out, reply, reply.fmt.stream_encoder(req))
+            reply.encoder = reply.fmt.stream_encoder(req)
+            await self._relay(stream, out, reply, reply.encoder)
         finally:
             out.usage = stream.usage
             out.retries = len(stream.history) - 1 if stream.history else 0
@@ -350,6 +390,14 @@ def _route_headers(rid: str, deployment_id: str, plan: Plan) -> Headers:
 def _shown(name: str, limit: int = 256) -> str:
     """A client-given name as an error message quotes it: bounded."""
     return name if len(name) <= limit else name[:limit] + "…"
+
+
+_CUT_BEFORE_S = 1.0  # the drain's cut comes this long before the server's own deadline
+_DRAINED = "turnout: the drain's deadline"
+_SHUTTING_DOWN = GatewayError(
+    503, "the gateway is shutting down and this response outlasted its drain"
+    " (server.drain_timeout_s); send it again", type="server_error", code="shutting_down",
+    headers={"retry-after": "1"})
 
 
 def _internal(rid: str) -> GatewayError:

@@ -40,6 +40,7 @@ from gateway.dispatch.dispatcher import AttemptRunner, Dispatcher
 from gateway.dispatch.failover import Failover
 from gateway.dispatch.fallbacks import Fallbacks
 from gateway.dispatch.health_checks import CircuitProber
+from gateway.lifecycle import on_server_exit
 from gateway.pipeline import Pipeline
 from gateway.planner import Planner, PlanStage
 from gateway.registry import Registry, replica_id
@@ -171,6 +172,8 @@ class Services:
         # Everything built so far lives as long as the process: keep the garbage collector
         # from walking it again on every full collection while requests are served.
         gc.freeze()
+        # SIGTERM: from now on /readyz says 503 and what is in flight has the drain's time.
+        on_server_exit(lambda: self.pipeline.drain(cfg.server.drain_timeout_s))
 
     def _redis(self) -> RedisConnection | None:
         """The connection to Redis (None: no Redis configured), timed while metrics are on:

@@ -4,13 +4,9 @@ scoreboard and failover exist."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import socket
-import threading
 from collections.abc import Callable
-from types import FrameType
 
 from gateway.canonical import Deployment
 from gateway.config import Config
@@ -19,6 +15,7 @@ from gateway.console.recorder import Recorder
 from gateway.console.sessions import Sessions
 from gateway.console.snapshot import CircuitWatch, SnapshotBuilder
 from gateway.dispatch.failover import Failover
+from gateway.lifecycle import on_server_exit
 from gateway.store import Store
 from policies.lockout import Lockout
 from policies.scoreboard import Scoreboard
@@ -55,33 +52,8 @@ class Console:
 
     def start(self) -> None:
         self.publisher.start()
-        end_streams_on_exit(self.feed.close)
+        on_server_exit(self.feed.close)  # its streams never end by themselves
 
     async def stop(self) -> None:
         await self.feed.stop()
         await self.publisher.stop()
-
-
-def end_streams_on_exit(close: Callable[[], None]) -> None:
-    """Call `close` (in the loop) when the server is told to stop, before it waits for
-    open responses to finish: a console's stream never finishes by itself, and would hold
-    up the drain until the server's graceful timeout cancelled it.
-
-    The server (uvicorn) handles SIGINT and SIGTERM in its process's main thread and has
-    installed its handlers before the app starts: this one runs first, then passes the
-    signal on to it. Under anything else (no handler of the server's to pass it to, or
-    not the main thread) nothing is changed."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous = signal.getsignal(sig)
-        if not callable(previous) or previous is signal.default_int_handler:
-            continue
-
-        def handler(signum: int, frame: FrameType | None,
-                    previous: Callable[[int, FrameType | None], object] = previous) -> None:
-            loop.call_soon_threadsafe(close)
-            previous(signum, frame)
-
-        signal.signal(sig, handler)

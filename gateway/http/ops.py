@@ -43,6 +43,9 @@ class Readyz:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services = self.services
+        if services.pipeline.draining:  # shutting down: no new traffic, please
+            await send_response(send, 503, b'{"status":"draining"}', [])
+            return
         registry = services.registry
         # The scoreboard the pool monitors report to (the one dispatch routes with).
         board = services.pipeline.dispatcher.runner.board

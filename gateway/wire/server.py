@@ -357,8 +357,9 @@ class HttpProtocol(asyncio.Protocol):
             due = self.since + limits.header_timeout_s
         elif phase == BODY and (self.active is None or self.cycle is self.active):
             due = self.since + limits.request_timeout_s
-        elif phase == IDLE and self.active is None:
-            due = self.idle_since + self.keep_alive_s
+        elif phase == IDLE and self.active is None:  # a first request is not waited for long
+            due = self.idle_since + (self.keep_alive_s if self.parser is not None
+                                     else min(self.keep_alive_s, limits.header_timeout_s))
         else:  # answering (a queued request's body is not read yet): no deadline
             return
         if now < due:

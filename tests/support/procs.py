@@ -81,7 +81,10 @@ class Gateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.config_path = workdir / f"turnout-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+        # Stopped at once by tests unless one sets the drain (the default's 30 s would
+        # hold a stop that has a stream or console open).
+        server = {"drain_timeout_s": 5, **config.get("server", {})}
+        self.config_path.write_text(yaml.safe_dump({**config, "server": server}))
         self.log = workdir / f"gateway-{self.port}.log"
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
                "--port", str(self.port), "--workers", str(workers)]
