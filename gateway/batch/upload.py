@@ -17,7 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from gateway.batch.blobs import BlobWriter
 from gateway.errors import GatewayError, bad_request
-from gateway.http.asgi import Message, Receive, RequestBodyError
+from gateway.http.asgi import Receive, body_message
 
 _SMALL_FIELD = 256  # `purpose` and other form fields: short words
 
@@ -138,7 +138,7 @@ async def receive_upload(receive: Receive, content_type: bytes | None, limit: in
     size = 0
     try:
         while True:
-            msg = await _next(receive)
+            msg = await body_message(receive)
             try:
                 reader.parser.write(msg.get("body", b""))
             except MultipartParseError:
@@ -188,14 +188,3 @@ async def receive_upload(receive: Receive, content_type: bytes | None, limit: in
         if writer is not None:
             await asyncio.shield(writer.abort())
         raise
-
-
-async def _next(receive: Receive) -> Message:
-    try:
-        msg = await receive()
-    except RequestBodyError as err:
-        raise GatewayError(err.status, err.message, code="request_timeout"
-                           if err.status == 408 else "invalid_request_body") from None
-    if msg["type"] == "http.disconnect":
-        raise asyncio.CancelledError
-    return msg

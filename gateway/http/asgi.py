@@ -59,13 +59,7 @@ async def read_body(receive: Receive, limit: int, declared: bytes | None) -> byt
     chunks: list[bytes] = []
     size = 0
     while True:
-        try:
-            msg = await receive()
-        except RequestBodyError as err:
-            raise GatewayError(err.status, err.message, code="request_timeout"
-                               if err.status == 408 else "invalid_request_body") from None
-        if msg["type"] == "http.disconnect":
-            raise asyncio.CancelledError
+        msg = await body_message(receive)
         part = msg.get("body", b"")
         size += len(part)
         if size > limit:
@@ -73,6 +67,19 @@ async def read_body(receive: Receive, limit: int, declared: bytes | None) -> byt
         chunks.append(part)
         if not msg.get("more_body"):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def body_message(receive: Receive) -> Message:
+    """The request body's next message: a body that cannot be had is the client's error
+    (400 or 408); a client gone cancels the reader."""
+    try:
+        msg = await receive()
+    except RequestBodyError as err:
+        raise GatewayError(err.status, err.message, code="request_timeout"
+                           if err.status == 408 else "invalid_request_body") from None
+    if msg["type"] == "http.disconnect":
+        raise asyncio.CancelledError
+    return msg
 
 
 def _too_large(limit: int) -> GatewayError:
