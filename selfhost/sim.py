@@ -64,6 +64,7 @@ class RunningSim:
         for conn in server.connections if server is not None else ():
             conn.force_close()  # else cleanup waits out hanging handlers
         await self._runner.cleanup()
+        await self.sim.close_kv()
 
 
 async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> RunningSim:
@@ -75,6 +76,7 @@ async def serve(sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> Runni
     try:
         await runner.setup()
         await web.SockSite(runner, sock, backlog=2048).start()
+        await sim.open_kv(host if host not in ("", "0.0.0.0", "::") else "127.0.0.1")
     except BaseException:
         sock.close()
         await runner.cleanup()

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from selfhost.kv_blocks import BlockHasher
 from selfhost.sim_content import (
     SSE_DONE,
     BadRequest,
@@ -37,6 +38,8 @@ from selfhost.sim_content import (
     usage,
     whole_body,
 )
+from selfhost.sim_kv import BlockCache, KvPublisher, body_tokens
+from selfhost.sim_lora import Adapters
 from selfhost.sim_metrics import VllmMetrics
 from selfhost.sim_state import FaultAction, Faults, FifoSlots, PrefixCache, SimProfile, SimStats
 
@@ -123,7 +126,13 @@ class Simulator:
         embedding_dimensions: int = 16,
         seed: int = 0,
         faults: Faults | None = None,
+        kv_blocks: int | None = None,
+        block_size: int = 16,
+        adapters: Adapters | None = None,
     ) -> None:
+        """`kv_blocks`: keep a block-level KV cache of that many blocks of `block_size`
+        tokens and publish its events as vLLM does (`open_kv`); `adapters`: serve LoRA
+        adapters as vLLM with `--enable-lora` does."""
         self.profile = SimProfile.named(profile) if isinstance(profile, str) else profile
         self.model = model
         self.strict_model = strict_model  # else any model name is served, and echoed back
@@ -134,6 +143,9 @@ class Simulator:
         self.metrics = VllmMetrics(model)
         self._slots = FifoSlots(self.profile.max_num_seqs, self.stats.set_load)
         self._cache = PrefixCache()
+        self.kv_cache = BlockCache(kv_blocks, BlockHasher(block_size)) if kv_blocks else None
+        self.kv_publisher: KvPublisher | None = None
+        self.adapters = adapters
         # Separate RNGs, so latency draws never shift which requests a fault rate picks.
         self._fault_rng = random.Random(seed)
         self._jitter_rng = random.Random(seed + 1)
@@ -152,6 +164,20 @@ class Simulator:
             ("GET", "/sim/faults"): self._get_faults,
             ("POST", "/sim/faults"): self._set_faults,
         }
+        if adapters is not None and adapters.runtime_updates:
+            self._plain[("POST", "/v1/load_lora_adapter")] = self._load_adapter
+            self._plain[("POST", "/v1/unload_lora_adapter")] = self._unload_adapter
+
+    async def open_kv(self, host: str = "127.0.0.1") -> None:
+        """Start publishing KV events (on free ports: `kv_publisher.port`, `.replay_port`)."""
+        if self.kv_cache is not None and self.kv_publisher is None:
+            self.kv_publisher = KvPublisher(host)
+            self.kv_publisher.start()
+
+    async def close_kv(self) -> None:
+        if self.kv_publisher is not None:
+            await self.kv_publisher.close()
+            self.kv_publisher = None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The aiohttp low-level request handler."""
@@ -258,18 +284,35 @@ class Simulator:
         return _json(embeddings_body(plan))
 
     def _check_model(self, model: str) -> None:
-        if self.strict_model and model != self.model:
+        known = model == self.model or (self.adapters is not None and model in self.adapters)
+        if (self.strict_model or self.adapters is not None) and not known:
             raise BadRequest(
                 f"The model `{model}` does not exist.", "model", status=404, code="model_not_found"
             )
+
+    def _cached_tokens(self, ex: _Exchange, plan: GenPlan) -> int:
+        """Prompt tokens the prefix cache holds (block by block, with events, when the
+        simulator keeps a KV cache); the prompt is cached for the next request."""
+        kv = self.kv_cache
+        tokens = body_tokens(ex.body, chat=plan.chat) if kv is not None else None
+        if kv is None or tokens is None:
+            return self._cache.lookup_insert(plan.prefixes)
+        lora = self.adapters.key(plan.model) if self.adapters is not None else None
+        cached = kv.lookup_insert(tokens, lora)
+        events = kv.drain()
+        if self.kv_publisher is not None:
+            self.kv_publisher.publish(events)
+        return cached
 
     async def _generate(self, ex: _Exchange, plan: GenPlan) -> web.StreamResponse:
         self._check_model(plan.model)
         resp = web.StreamResponse(headers=_SSE_HEADERS) if plan.stream else None
         try:
             await self._slots.acquire()
+            if self.adapters is not None:
+                self.adapters.begin(plan.model)
             try:
-                cached = self._cache.lookup_insert(plan.prefixes)
+                cached = self._cached_tokens(ex, plan)
                 self.metrics.prefix_queries += plan.prompt_tokens
                 self.metrics.prefix_hits += cached
                 ttft = self._ttft(plan.prompt_tokens - cached)
@@ -278,6 +321,8 @@ class Simulator:
                 await self._stream(ex, plan, resp, cached, ttft)
                 return resp
             finally:
+                if self.adapters is not None:
+                    self.adapters.end(plan.model)
                 self._slots.release()
         except asyncio.CancelledError:
             if ex.end_early(aborted=False):
@@ -383,7 +428,12 @@ class Simulator:
 
     async def _metrics(self, request: web.BaseRequest) -> web.Response:
         running, waiting = self._slots.running, self._slots.waiting
-        text = self.metrics.render(running, waiting, running / self.profile.max_num_seqs)
+        kv = self.kv_cache
+        usage = (len(kv) / kv.capacity if kv is not None
+                 else running / self.profile.max_num_seqs)
+        text = self.metrics.render(running, waiting, usage)
+        if self.adapters is not None:
+            text += self.adapters.metric(waiting=())
         return web.Response(body=text, headers={"Content-Type": _METRICS_TYPE})
 
     async def _models(self, request: web.BaseRequest) -> web.Response:
@@ -395,7 +445,21 @@ class Simulator:
             "root": self.model,
             "parent": None,
         }
-        return _json({"object": "list", "data": [card]})
+        cards = [card]
+        if self.adapters is not None:
+            cards += [{**card, "id": name, "root": path, "parent": self.model}
+                      for name, path in self.adapters.loaded.items()]
+        return _json({"object": "list", "data": cards})
+
+    async def _load_adapter(self, request: web.BaseRequest) -> web.Response:
+        assert self.adapters is not None
+        status, message = self.adapters.load_request(await request.read())
+        return web.Response(status=status, text=message)
+
+    async def _unload_adapter(self, request: web.BaseRequest) -> web.Response:
+        assert self.adapters is not None
+        status, message = self.adapters.unload_request(await request.read())
+        return web.Response(status=status, text=message)
 
     async def _get_stats(self, request: web.BaseRequest) -> web.Response:
         return _json(self.stats.as_dict())
