@@ -125,6 +125,46 @@ class Simulate(_Strict):
 
     profile: SimProfileName = "fast-gpu"
     replicas: int = Field(1, ge=1, le=16)
+    # With the pool's `kv_events`: each simulated replica's KV cache, in blocks of
+    # `block_size` tokens, whose events it publishes as vLLM does.
+    kv_blocks: int = Field(4096, ge=1)
+    block_size: int = Field(16, ge=1)
+
+
+class KvEventsReplica(_Strict):
+    port: int = Field(ge=1, le=65535)
+    replay_port: int = Field(ge=1, le=65535)
+
+
+class KvEvents(_Strict):
+    """A pool whose replicas publish their KV-cache events (vLLM's `--kv-events-config`
+    with the ZMQ publisher): routing can then see what each replica has cached."""
+
+    port: int = Field(5557, ge=1, le=65535, description="each replica's event endpoint port")
+    replay_port: int = Field(5558, ge=1, le=65535, description="its replay endpoint port")
+    # Replicas that share a host (so not the ports above), by server root.
+    replicas: dict[str, KvEventsReplica] = {}
+    topic: str = ""
+    # The served model's Hugging Face tokenizer directory (tokenizer.json and its chat
+    # template): how requests are keyed. Simulated pools use the simulator's tokenizer.
+    tokenizer: str | None = None
+    # The replicas' --prefix-caching-hash-algo, and their PYTHONHASHSEED if set (vLLM's
+    # default seed otherwise). xxhash is not supported (its seed is random per process).
+    hash_algo: Literal["sha256", "sha256_cbor"] = "sha256"
+    hash_seed: str | None = None
+    heartbeat_s: float = Field(2.0, gt=0, description="replay requests check the stream")
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer(cls, v: str | None) -> str | None:
+        if v and not os.path.isfile(os.path.join(v, "tokenizer.json")):
+            raise ValueError(f"no tokenizer.json in {v}")
+        return v or None
+
+    @field_validator("replicas")
+    @classmethod
+    def _roots(cls, v: dict[str, KvEventsReplica]) -> dict[str, KvEventsReplica]:
+        return {_http_url(root): ports for root, ports in v.items()}
 
 
 # Well-known hosts: `preset: groq` fills in the dialect and base URL (both overridable).
@@ -235,6 +275,8 @@ class Pool(_Strict):
     responses_api: bool = Field(True, description=(
         "/v1/responses requests go to vLLM's own /v1/responses (false: translated to chat"
         " completions, for vLLM before 0.10)"))
+    kv_events: KvEvents | None = Field(None, description=(
+        "the replicas publish KV-cache events: the kv-aware routing step reads them"))
 
     @field_validator("endpoints")
     @classmethod
@@ -245,6 +287,8 @@ class Pool(_Strict):
     def _has_members(self) -> Pool:
         if not self.endpoints and self.simulate is None:
             raise ValueError("a pool needs `endpoints` or `simulate`")
+        if self.kv_events is not None and self.simulate is None and not self.kv_events.tokenizer:
+            raise ValueError("kv_events: needs `tokenizer` (the model's tokenizer directory)")
         return self
 
 
@@ -255,13 +299,13 @@ class DeploymentConfig(_Strict):
     weight: float = Field(1.0, gt=0, description="share under the weighted policy")
 
 
-PolicyName = Literal["slo-cost", "latency", "least-loaded", "prefix-affinity", "weighted",
-                     "round-robin"]
+PolicyName = Literal["slo-cost", "kv-aware", "latency", "least-loaded", "prefix-affinity",
+                     "weighted", "round-robin"]
 
 
 class RoutingConfig(_Strict):
     policy: PolicyName = "slo-cost"
-    within_pool: Literal["least-loaded", "prefix-affinity"] = "least-loaded"
+    within_pool: Literal["least-loaded", "prefix-affinity", "kv-aware"] = "least-loaded"
     slo_ttft_ms: float | None = Field(None, gt=0, description="default TTFT SLO")
     # Load shedding: when no deployment is predicted to meet the SLO and the best one's
     # predicted TTFT exceeds this, requests below `shed_below_priority` get 429.

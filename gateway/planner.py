@@ -17,6 +17,7 @@ from typing import Protocol
 from gateway.canonical import CanonicalRequest, Deployment
 from gateway.config import Config, RoutingConfig
 from gateway.errors import GatewayError
+from policies.kv_index import KvView
 from policies.routing import Plan, RouteHints, RoutingPolicy, make_policy
 from policies.scoreboard import Scoreboard
 
@@ -32,12 +33,14 @@ class PlanStage(Protocol):
 
 
 class Planner:
-    def __init__(self, cfg: Config, board: Scoreboard) -> None:
+    def __init__(self, cfg: Config, board: Scoreboard, kv: KvView | None = None) -> None:
+        """`kv`: what the pools' KV events say, for the kv-aware step (None: no pool
+        publishes them)."""
         self.board = board
         self._routes: dict[str, tuple[RoutingPolicy, RoutingConfig]] = {}
         for model, mc in cfg.models.items():
             rc = mc.routing or cfg.routing
-            self._routes[model] = (make_policy(rc.policy, board, rc.within_pool), rc)
+            self._routes[model] = (make_policy(rc.policy, board, rc.within_pool, kv), rc)
 
     def plan(self, req: CanonicalRequest, deployments: Sequence[Deployment], hints: RouteHints,
              *, team_slo_ms: float | None = None, team_priority: int = 0,

@@ -33,7 +33,7 @@ from gateway.accounting.lease_holder import LeaseHolder
 from gateway.accounting.metering import Meter
 from gateway.batch.system import BatchSystem, start_batch
 from gateway.cache import CacheStage, ResponseCache
-from gateway.config import Config
+from gateway.config import Config, KvEvents
 from gateway.console.service import Console, console_recorder
 from gateway.dispatch.attempts import new_attempt
 from gateway.dispatch.dispatcher import AttemptRunner, Dispatcher
@@ -44,7 +44,7 @@ from gateway.lifecycle import on_server_exit
 from gateway.pipeline import Pipeline
 from gateway.planner import Planner, PlanStage
 from gateway.registry import Registry, replica_id
-from gateway.simulated import start_simulators
+from gateway.simulated import Simulators, start_simulators
 from gateway.store import RedisStore, Store, open_store
 from gateway.store.breaker import StoreBreaker
 from gateway.telemetry import Telemetry
@@ -54,10 +54,16 @@ from gateway.telemetry.tracing import Tracing
 from gateway.wire.base import RedisConnection, get
 from gateway.wire.http_client import UpstreamClient
 from gateway.wire.redis_client import open_redis
+from policies.kv_index import KvIndex, KvView
 from policies.leases import MAX_AGE_S
 from policies.lockout import Lockout
 from policies.scoreboard import Scoreboard
+from selfhost.kv_blocks import DEFAULT_SEED
+from selfhost.kv_events import KvEventsMonitor, KvEventsSpec
+from selfhost.kv_keys import RequestKeys
+from selfhost.kv_tokens import HfTokenizer
 from selfhost.pool import PoolMonitor, PoolSpec
+from selfhost.sim_kv import SimTokenizer
 
 log = logging.getLogger("turnout")
 
@@ -87,7 +93,7 @@ class Services:
         # The loop, asked for once: on Python 3.11 each get_running_loop() is a getpid().
         loop = asyncio.get_running_loop()
         simulated = await start_simulators(cfg, stack)
-        self.registry = registry = Registry(cfg, simulated)
+        self.registry = registry = Registry(cfg, simulated.roots)
         self.client = client = UpstreamClient(
             connect_timeout=cfg.server.timeouts.connect_s, limits=cfg.upstream.limits(),
             egress=registry.egress(), trust_env=cfg.upstream.trust_env)
@@ -101,7 +107,8 @@ class Services:
         stack.push_async_callback(prober.stop)
         tracing = Tracing.build(cfg.telemetry.tracing)  # None: off
         tracer = tracing.tracer if tracing is not None else None
-        planner: PlanStage = Planner(cfg, board)
+        kv = await self._kv_events(registry, simulated)  # None: no pool publishes them
+        planner: PlanStage = Planner(cfg, board, kv)
         if tracer is not None:
             planner = TracedPlanner(planner, tracer)
         failover = self.failover = Failover(
@@ -174,6 +181,35 @@ class Services:
         gc.freeze()
         # SIGTERM: from now on /readyz says 503 and what is in flight has the drain's time.
         on_server_exit(lambda: self.pipeline.drain(cfg.server.drain_timeout_s))
+
+    async def _kv_events(self, registry: Registry, simulated: Simulators) -> KvView | None:
+        """For every pool whose replicas publish KV events: how its requests are keyed, and
+        subscribers that keep the index of what each replica holds."""
+        pools = [p for p in self.config.pools if p.kv_events is not None]
+        if not pools:
+            return None
+        view = KvView(KvIndex())
+        for pool in pools:
+            ev = pool.kv_events
+            assert ev is not None
+            tokenizer = (SimTokenizer() if pool.simulate is not None or ev.tokenizer is None
+                         else HfTokenizer(ev.tokenizer))
+            view.keyers[pool.name] = RequestKeys(tokenizer, algo=ev.hash_algo,
+                                                 seed=ev.hash_seed or DEFAULT_SEED)
+            ports = {root: (r.port, r.replay_port) for root, r in ev.replicas.items()}
+            monitor = self._kv_monitor(pool.name, ev, view.index, registry,
+                                       {**ports, **simulated.kv_ports})
+            await monitor.start()
+            self._stack.push_async_callback(monitor.stop)
+        return view
+
+    @staticmethod
+    def _kv_monitor(name: str, ev: KvEvents, index: KvIndex, registry: Registry,
+                    ports: dict[str, tuple[int, int]]) -> KvEventsMonitor:
+        return KvEventsMonitor(
+            name, KvEventsSpec(ev.port, ev.replay_port, ev.topic, ev.heartbeat_s), index,
+            members=lambda: registry.members[name],
+            replica_id=lambda root: replica_id(name, root), ports=ports)
 
     def _redis(self) -> RedisConnection | None:
         """The connection to Redis (None: no Redis configured), timed while metrics are on:

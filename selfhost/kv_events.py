@@ -157,16 +157,17 @@ class _Lost(Exception):
 class ReplicaEvents:
     """Follows one replica's events into the index until cancelled."""
 
-    def __init__(self, replica_id: str, host: str, spec: KvEventsSpec, index: KvIndex,
-                 ctx: zmq.asyncio.Context) -> None:
+    def __init__(self, replica_id: str, host: str, ports: tuple[int, int], spec: KvEventsSpec,
+                 index: KvIndex, ctx: zmq.asyncio.Context) -> None:
         self.replica_id = replica_id
         self._spec = spec
         self._index = index
         self._ctx = ctx
         host = f"[{host}]" if ":" in host else host
-        self._pub = f"tcp://{host}:{spec.port}"
-        self._replay = f"tcp://{host}:{spec.replay_port}"
+        self._pub = f"tcp://{host}:{ports[0]}"
+        self._replay = f"tcp://{host}:{ports[1]}"
         self._last: tuple[int, bytes] | None = None  # (seq, payload digest) last applied
+        self.tried = asyncio.Event()  # set once the first catch-up is done (or failed)
 
     async def run(self) -> None:
         sub = self._ctx.socket(zmq.SUB)
@@ -177,6 +178,7 @@ class ReplicaEvents:
         try:
             while True:
                 await self._catch_up()
+                self.tried.set()
                 await self._follow(sub)
         finally:
             sub.close(linger=0)
@@ -281,13 +283,17 @@ class ReplicaEvents:
 
 class KvEventsMonitor:
     """One pool's subscribers: one per current member, started and stopped as the
-    membership (`members()`, static or DNS) changes."""
+    membership (`members()`, static or DNS) changes. A replica's events are at its host on
+    the spec's ports, or on its own (`ports`, by server root) where replicas share a
+    host."""
 
     def __init__(self, pool: str, spec: KvEventsSpec, index: KvIndex, *,
                  members: Callable[[], list[str]], replica_id: Callable[[str], str],
-                 every_s: float = 1.0) -> None:
+                 ports: dict[str, tuple[int, int]] | None = None, every_s: float = 1.0
+                 ) -> None:
         self.pool = pool
         self._spec = spec
+        self._ports = ports or {}
         self._index = index
         self._members = members
         self._replica_id = replica_id
@@ -296,20 +302,31 @@ class KvEventsMonitor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._watch: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self.sync()
+    async def start(self) -> None:
+        """Subscribe to every member, and wait (a moment at most) for each to catch up
+        from its replay: routing starts out knowing what the replicas hold."""
+        waits = [asyncio.create_task(f.tried.wait()) for f in self.sync()]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self._spec.timeout_s * 2)
+            for task in pending:
+                task.cancel()
         self._watch = asyncio.create_task(self._watch_members())
 
-    def sync(self) -> None:
+    def sync(self) -> list[ReplicaEvents]:
+        """Follow the current members (and no others); the new followers."""
         roots = set(self._members())
         for root in [r for r in self._tasks if r not in roots]:
             self._tasks.pop(root).cancel()
             self._index.forget(self._replica_id(root))
+        new = []
         for root in roots - self._tasks.keys():
             host = urlsplit(root).hostname or "127.0.0.1"
-            follower = ReplicaEvents(self._replica_id(root), host, self._spec, self._index,
-                                     self._ctx)
+            ports = self._ports.get(root, (self._spec.port, self._spec.replay_port))
+            follower = ReplicaEvents(self._replica_id(root), host, ports, self._spec,
+                                     self._index, self._ctx)
             self._tasks[root] = asyncio.create_task(self._run(follower))
+            new.append(follower)
+        return new
 
     async def _watch_members(self) -> None:
         while True:

@@ -4,7 +4,7 @@ vLLM lives in its own virtualenv (`.venv-vllm`): its pinned torch and transforme
 not leak into the gateway's environment. This module is stdlib-only and drives that venv
 through subprocesses, so the gateway's python can import it.
 
-    python -m selfhost.vllm_cpu setup             # build the venv and the tiny model
+    python -m selfhost.vllm_cpu setup             # build the venv, tiny model and adapter
     python -m selfhost.vllm_cpu serve --port 8000  # run a server until Ctrl-C
     python -m selfhost.vllm_cpu serve --port 8001 -- --runner pooling   # embeddings
 
@@ -45,6 +45,14 @@ CONFLICTING_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
 VENV_MARKER = ".turnout-vllm.json"
 # Catches the torchvision breakage (and a broken torch) before any server start.
 _IMPORT_CHECK = "import torch, transformers, vllm; from transformers import LlamaForCausalLM"
+
+# Installed after vLLM, into the same venv: peft makes the tiny LoRA adapter
+# (tiny_lora.py). Its own marker, so adding it never rebuilds the 3.4 GB venv.
+EXTRA_REQUIREMENTS = ("peft>=0.17",)
+EXTRAS_MARKER = ".turnout-vllm-extras.json"
+TINY_LORA_SCRIPT = Path(__file__).with_name("tiny_lora.py")
+TINY_LORA_MARKER = ".tiny-lora.json"  # written last by tiny_lora.py
+DEFAULT_LORA_DIR = REPO_ROOT / ".cache" / "tiny-lora"
 
 TINY_MODEL_SCRIPT = Path(__file__).with_name("tiny_model.py")
 TINY_MODEL_MARKER = ".tiny-model.json"  # written last by tiny_model.py
@@ -179,6 +187,24 @@ def ensure_venv(path: Path = DEFAULT_VENV) -> Path:
     return venv
 
 
+def ensure_extras(venv: Path = DEFAULT_VENV) -> Path:
+    """Install EXTRA_REQUIREMENTS into the vLLM venv (once)."""
+    venv = ensure_venv(venv)
+    marker = venv / EXTRAS_MARKER
+    try:
+        if json.loads(marker.read_text()).get("requirements") == list(EXTRA_REQUIREMENTS):
+            return venv
+    except (OSError, ValueError):
+        pass
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = LOG_DIR / "vllm-extras.log"
+    log.write_text("")
+    _say(f"installing {' '.join(EXTRA_REQUIREMENTS)} into {venv}; log: {log}")
+    _run_logged([_venv_python(venv), "-m", "pip", "install", *EXTRA_REQUIREMENTS], log)
+    marker.write_text(json.dumps({"requirements": list(EXTRA_REQUIREMENTS)}) + "\n")
+    return venv
+
+
 # --------------------------------------------------------------------------- tiny model
 
 
@@ -206,6 +232,26 @@ def ensure_tiny_model(dest: Path = DEFAULT_MODEL_DIR, *, venv: Path = DEFAULT_VE
     started = time.monotonic()
     _run_logged([python, TINY_MODEL_SCRIPT, dest], log)
     _say(f"tiny model ready in {time.monotonic() - started:.1f}s")
+    return dest
+
+
+def ensure_tiny_lora(dest: Path = DEFAULT_LORA_DIR, *, model_dir: Path = DEFAULT_MODEL_DIR,
+                     venv: Path = DEFAULT_VENV) -> Path:
+    """Return a directory holding a tiny LoRA adapter for the tiny model (peft)."""
+    dest = dest.resolve()
+    recipe = hashlib.sha256(TINY_LORA_SCRIPT.read_bytes()).hexdigest()
+    try:
+        if json.loads((dest / TINY_LORA_MARKER).read_text()).get("recipe_sha256") == recipe:
+            return dest
+    except (OSError, ValueError):
+        pass
+    python = _venv_python(ensure_extras(venv))
+    model = ensure_tiny_model(model_dir, venv=venv)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = LOG_DIR / "tiny-lora.log"
+    log.write_text("")
+    _say(f"generating tiny LoRA adapter in {dest}; log: {log}")
+    _run_logged([python, TINY_LORA_SCRIPT, model, dest], log)
     return dest
 
 
@@ -346,6 +392,7 @@ def launch(
 def _setup(args: argparse.Namespace) -> int:
     venv = ensure_venv(args.venv)
     ensure_tiny_model(args.model_dir, venv=venv)
+    ensure_tiny_lora(model_dir=args.model_dir, venv=venv)
     return 0
 
 
@@ -388,7 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("setup", help="build the vLLM venv and the tiny model (idempotent)")
+    sub.add_parser("setup", help="build the vLLM venv, the tiny model and its LoRA adapter"
+                   " (idempotent)")
     serve = sub.add_parser("serve", help="run vLLM on the tiny model until Ctrl-C")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--host", default="127.0.0.1")

@@ -63,9 +63,11 @@ class KvAware:
         for dep in deployments:
             keyer = self._kv.keyer(dep)
             entry = index.get(dep.id) if keyer is not None else None
-            if keyer is None or entry is None or not entry.known or not entry.block_size:
+            if keyer is None or entry is None or not entry.known:
                 continue
             known = True
+            if not entry.block_size:  # nothing stored since we follow it: nothing cached
+                continue
             keys = keyer.keys(req, dep, entry.block_size)
             if keys is None:
                 return None

@@ -71,7 +71,7 @@ def test_decode_reads_maps_and_arrays_and_skips_other_tiers() -> None:
 
 async def test_catch_up_then_follow(rig: Rig) -> None:
     rig.pub.publish([_stored([1, 2])])  # before anyone subscribed: only the replay has it
-    rig.monitor.start()
+    await rig.monitor.start()
     await until(lambda: rig.blocks == {1, 2} and rig.known())
     assert rig.index.get(RID).block_size == 4  # type: ignore[union-attr]
     rig.pub.publish([_stored([3]), {"type": "BlockRemoved", "block_hashes": [1],
@@ -82,7 +82,7 @@ async def test_catch_up_then_follow(rig: Rig) -> None:
 
 
 async def test_a_silent_publisher_makes_the_replica_unknown_then_known_again(rig: Rig) -> None:
-    rig.monitor.start()
+    await rig.monitor.start()
     rig.pub.publish([_stored([5])])
     await until(lambda: rig.blocks == {5} and rig.known())
     port, replay = rig.pub.port, rig.pub.replay_port
@@ -97,7 +97,7 @@ async def test_a_silent_publisher_makes_the_replica_unknown_then_known_again(rig
 
 
 async def test_a_gap_is_filled_from_the_replay(rig: Rig) -> None:
-    rig.monitor.start()
+    await rig.monitor.start()
     await until(rig.known)
     # Batch 0 reaches only the replay buffer (as if the PUB message were dropped).
     rig.pub._buffer.append((0, encode_batch([_stored([10])])))
@@ -112,7 +112,7 @@ async def test_members_that_leave_are_forgotten(rig: Rig) -> None:
     await rig.monitor.stop()
     rig.monitor = KvEventsMonitor("pool", spec, rig.index, members=lambda: list(members),
                                   replica_id=lambda root: RID, every_s=0.05)
-    rig.monitor.start()
+    await rig.monitor.start()
     rig.pub.publish([_stored([1])])
     await until(lambda: rig.blocks == {1})
     members.clear()

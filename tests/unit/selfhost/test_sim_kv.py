@@ -48,7 +48,7 @@ async def test_published_blocks_are_the_keys_the_gateway_computes(running: Runni
     monitor = KvEventsMonitor(
         "p", KvEventsSpec(running.sim.kv_publisher.port, running.sim.kv_publisher.replay_port),
         index, members=lambda: [running.url], replica_id=lambda root: "p/r")
-    monitor.start()
+    await monitor.start()
     try:
         body = _chat("first question here")
         status, answer = await _post(running.url + "/v1/chat/completions", body)
