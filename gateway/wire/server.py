@@ -98,6 +98,7 @@ _ASGI: dict[str, dict[str, str]] = {}
 def _asgi(version: str) -> dict[str, str]:
     """scope["asgi"], one dict per version for every connection."""
     return _ASGI.setdefault(version, {"version": version, "spec_version": "2.3"})
+_DRAIN_IDLE_S = 1.0  # a draining server's idle connections: closed after this long idle
 _trimmer = Trimmer()  # the process's memory back after a flood of connections
 
 
@@ -132,6 +133,7 @@ class HttpProtocol(asyncio.Protocol):
         self.active: Cycle | None = None  # the request being answered
         self.pipeline: list[Cycle] = []  # parsed, waiting for `active` to finish
         self.idle_since = 0.0
+        self.draining = False  # the server is stopping: this connection closes soon
         self.phase = IDLE
         self.since = 0.0  # the first byte of the request being parsed
         self.head_bytes = 0  # of its head, counted from the second read it spans
@@ -291,8 +293,8 @@ class HttpProtocol(asyncio.Protocol):
             "root_path": root, "headers": self.headers, "client": self.client,
             "server": self.server, "state": self.app_state.copy(),
         }
-        cycle = self.cycle = Cycle(self, scope, parser.should_keep_alive(), self.expect_100,
-                                   version == "1.0", method == "HEAD")
+        cycle = self.cycle = Cycle(self, scope, parser.should_keep_alive() and not self.draining,
+                                   self.expect_100, version == "1.0", method == "HEAD")
         scope["extensions"] = {ON_DISCONNECT: cycle.on_disconnect}
         if self.active is None:
             self._run(cycle)
@@ -319,11 +321,18 @@ class HttpProtocol(asyncio.Protocol):
                 cycle.wake()
 
     def shutdown(self) -> None:
-        """uvicorn's graceful stop: close when idle, else after the last request in hand."""
-        if self.active is None:
-            self.transport.close()
-        else:
-            (self.pipeline[-1] if self.pipeline else self.active).keep_alive = False
+        """uvicorn's graceful stop (a drain). A client must learn that its connection is
+        closing before the server closes it, or it may send a request into the close and
+        lose it: a response whose head has not gone out says `connection: close`; a
+        connection idle (or once a response already under way has ended) is closed after
+        _DRAIN_IDLE_S without a request, and a request that comes sooner is answered,
+        with `connection: close`."""
+        self.draining = True
+        last = self.pipeline[-1] if self.pipeline else self.active
+        if last is not None and not last.started:
+            last.keep_alive = False
+        elif self.active is None:
+            self._idle()  # the grace starts now
 
     def _run(self, cycle: Cycle) -> None:
         self.active = cycle
@@ -358,8 +367,9 @@ class HttpProtocol(asyncio.Protocol):
         elif phase == BODY and (self.active is None or self.cycle is self.active):
             due = self.since + limits.request_timeout_s
         elif phase == IDLE and self.active is None:  # a first request is not waited for long
-            due = self.idle_since + (self.keep_alive_s if self.parser is not None
-                                     else min(self.keep_alive_s, limits.header_timeout_s))
+            idle_s = (self.keep_alive_s if self.parser is not None
+                      else min(self.keep_alive_s, limits.header_timeout_s))
+            due = self.idle_since + (min(idle_s, _DRAIN_IDLE_S) if self.draining else idle_s)
         else:  # answering (a queued request's body is not read yet): no deadline
             return
         if now < due:

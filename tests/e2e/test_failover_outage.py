@@ -5,7 +5,6 @@ traffic must return to the provider after recovery. The added P99 is printed."""
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 import httpx
 
 from selfhost.sim import Faults, SimProfile, Simulator, ThreadedSim
+from tests.support.load import Clients
 from tests.support.procs import Gateway, free_port
 
 CLIENTS = 8
@@ -29,30 +29,16 @@ class Sample:
     deployment: str | None
 
 
-class SteadyLoad:
+class SteadyLoad(Clients[Sample]):
     """`CLIENTS` threads, each sending one non-streamed request after another."""
 
     def __init__(self, url: str) -> None:
+        super().__init__(CLIENTS)
         self.url = url
-        self.samples: list[Sample] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._client, daemon=True)
-                         for _ in range(CLIENTS)]
 
-    def __enter__(self) -> SteadyLoad:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-
-    def _client(self) -> None:
+    def client(self, index: int) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self._stop.is_set():
+            while not self.done.is_set():
                 started = time.monotonic()
                 try:
                     r = client.post("/v1/chat/completions", json={
@@ -60,17 +46,15 @@ class SteadyLoad:
                     status, dep = r.status_code, r.headers.get("x-turnout-deployment")
                 except httpx.HTTPError:
                     status, dep = 0, None
-                sample = Sample(started, time.monotonic() - started, status, dep)
-                with self._lock:
-                    self.samples.append(sample)
+                self.record(Sample(started, time.monotonic() - started, status, dep))
 
     def between(self, start: float, end: float) -> list[Sample]:
-        with self._lock:
-            return [s for s in self.samples if start <= s.started < end]
+        with self.lock:
+            return [s for s in self.results if start <= s.started < end]
 
     def served_by_since(self, deployment: str, since: float) -> bool:
-        with self._lock:
-            return any(s.deployment == deployment and s.started >= since for s in self.samples)
+        with self.lock:
+            return any(s.deployment == deployment and s.started >= since for s in self.results)
 
 
 def p99(samples: list[Sample]) -> float:

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ import redis
 
 from gateway.store import layout
 from tests.support.accounts import EXACT_MESSAGES, auth, eventually, new_key
+from tests.support.load import Clients
 from tests.support.procs import REPO, Gateway, RedisServer, free_port, stop, wait_http
 
 KEY = new_key()
@@ -64,32 +64,20 @@ class Upstream:
         stop(self.proc)
 
 
-class Load:
-    """Paced clients, each sending chat requests with its own request ids until stopped."""
+class Load(Clients[tuple[str, int, str | None, float]]):
+    """Paced clients, each sending chat requests with its own request ids until stopped;
+    each result: request id, status, error code, seconds."""
 
     def __init__(self, url: str, clients: int = 8, pace_s: float = 0.02) -> None:
+        super().__init__(clients)
         self.url, self.pace_s = url, pace_s
-        self.results: list[tuple[str, int, str | None, float]] = []  # id, status, code, s
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(clients)]
 
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        for t in self._threads:
-            t.join()
-
-    def _run(self, client: int) -> None:
+    def client(self, index: int) -> None:
         body = {"model": "m", "messages": EXACT_MESSAGES, "max_tokens": 5}
         with httpx.Client(base_url=self.url, timeout=30) as http:
             n = 0
-            while not self._done.is_set():
-                rid = f"drill-{client}-{n}-{os.urandom(3).hex()}"
+            while not self.done.is_set():
+                rid = f"drill-{index}-{n}-{os.urandom(3).hex()}"
                 n += 1
                 started = time.monotonic()
                 try:
@@ -99,15 +87,11 @@ class Load:
                     status = r.status_code
                 except httpx.HTTPError as err:
                     status, code = 0, type(err).__name__
-                with self._lock:
-                    self.results.append((rid, status, code, time.monotonic() - started))
-                self._done.wait(self.pace_s)
+                self.record((rid, status, code, time.monotonic() - started))
+                self.done.wait(self.pace_s)
 
     def ok(self) -> set[str]:
         return {rid for rid, status, _, _ in self.results if status == 200}
-
-    def wait_for(self, count: int, timeout: float = 20) -> None:
-        eventually(lambda: len(self.results) >= count, timeout)
 
 
 def config(redis_url: str, upstreams: list[Upstream], policy: str = "fail-open",

@@ -33,6 +33,7 @@ from gateway.store import layout
 from selfhost.sim import SimProfile, Simulator, ThreadedSim
 from tests.support.accounts import EXACT_MESSAGES, auth, eventually, new_key
 from tests.support.dns import LoopbackDNS
+from tests.support.load import Clients
 from tests.support.procs import Gateway, RedisServer, free_port
 
 KEY = new_key()
@@ -188,51 +189,34 @@ def test_sigterm_drains_streams_cuts_the_late_one_cleanly_and_exits_0(
     assert int(spent["spent"]) == sum(round(e["cost_usd"] * 1e9) for e in recorded.values())
 
 
-class Spread:
+class Spread(Clients[Stream]):
     """Client threads that stream through a list of replicas in turn, moving to the next
     one when a connection is refused (as a load balancer does); nothing else is retried."""
 
     def __init__(self, urls: list[str], clients: int = 6) -> None:
+        super().__init__(clients)
         self.urls = urls
-        self.results: list[Stream] = []
         self.refusals = 0
         self._next = 0
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
-
-    def __enter__(self) -> Spread:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        for t in self._threads:
-            t.join(30)
 
     def _replica(self) -> int:
-        with self._lock:
+        with self.lock:
             self._next += 1
             return self._next % len(self.urls)
 
-    def _run(self) -> None:
+    def client(self, index: int) -> None:
         with httpx.Client(timeout=30) as http:
-            while not self._done.is_set():
+            while not self.done.is_set():
                 out = Stream(replica=self._replica())
                 try:
                     stream(http, self.urls[out.replica], out)
                 except httpx.ConnectError:
-                    with self._lock:
+                    with self.lock:
                         self.refusals += 1
                     continue
                 except httpx.HTTPError as err:  # broke before the response's head
                     out.error, out.ended = type(err).__name__, time.monotonic()
-                with self._lock:
-                    self.results.append(out)
-
-    def wait_for(self, count: int) -> None:
-        eventually(lambda: len(self.results) >= count, timeout=30)
+                self.record(out)
 
 
 def test_three_replicas_one_sigtermed_one_sigkilled(
@@ -248,9 +232,11 @@ def test_three_replicas_one_sigtermed_one_sigkilled(
             assert drained.proc.wait(15) == 0
             seen = len(load.results)
             load.wait_for(seen + 30)
+            kill_from = time.monotonic()
             os.killpg(killed.proc.pid, signal.SIGKILL)  # the whole pod, at once
-            sigkill = time.monotonic()
             killed.proc.wait(5)
+            eventually(lambda: refused(killed.port), timeout=5)  # its workers gone too
+            kill_to = time.monotonic()
             seen = len(load.results)
             load.wait_for(seen + 30)
         last.stop()  # its leases given back
@@ -262,7 +248,8 @@ def test_three_replicas_one_sigtermed_one_sigkilled(
     assert drained_ones and all(s.done and s.error is None for s in drained_ones)
     failed = [s for s in results if not (s.done and s.error is None)]
     # Only requests in flight on the killed replica when it died failed.
-    assert all(s.replica == 1 and s.started < sigkill <= s.ended for s in failed), failed
+    assert all(s.replica == 1 and s.started < kill_to and s.ended >= kill_from
+               for s in failed), failed
     assert load.refusals > 0  # the client did meet closed replicas (and moved on)
     for g in (drained, last):
         assert "Traceback" not in g.logs()

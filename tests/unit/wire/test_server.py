@@ -218,6 +218,27 @@ def test_a_first_request_is_waited_for_header_timeout_not_keep_alive() -> None:
         assert time.monotonic() - opened < 30
 
 
+def test_a_draining_server_answers_a_request_on_an_idle_connection_then_closes_it() -> None:
+    # Closed at once, an idle connection could take a request the client had just sent
+    # into the close (and lose it); a short grace answers it, saying the connection ends.
+    Probe.shutdown_called.clear()
+    server = Server(App())
+    reused, left = Client(server.port), Client(server.port)
+    for c in (reused, left):
+        c.send(get("/x"))
+        assert c.response()[0] == 200
+    stopper = threading.Thread(target=server.stop)
+    stopper.start()
+    assert Probe.shutdown_called.wait(WAIT)
+    reused.send(get("/x"))
+    status, headers, _ = reused.response()
+    assert status == 200 and headers["connection"] == "close"
+    assert reused.closed()
+    assert left.closed()  # idle through the grace: closed cleanly (EOF, not a reset)
+    stopper.join(WAIT)
+    assert not server.thread.is_alive()
+
+
 def test_graceful_shutdown_finishes_the_request_in_flight() -> None:
     Probe.shutdown_called.clear()
     server = Server(App())
