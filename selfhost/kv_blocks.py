@@ -112,11 +112,12 @@ class BlockHasher:
             raise ValueError(f"unsupported hash algorithm {self.algo!r}")
         object.__setattr__(self, "_root", _HASHES[self.algo](self.seed))
 
-    def digests(self, token_ids: Sequence[int], extra: tuple[Any, ...] | None = None
-                ) -> list[bytes]:
-        """The full digests of every full block, in order (what vLLM keeps internally)."""
+    def digests(self, token_ids: Sequence[int], extra: tuple[Any, ...] | None = None,
+                parent: bytes | None = None) -> list[bytes]:
+        """The full digests of every full block, in order (what vLLM keeps internally);
+        `parent`: the digest of the block before `token_ids` (they continue a prompt)."""
         fn, size = _HASHES[self.algo], self.block_size
-        parent, out = self._root, []
+        parent, out = parent or self._root, []
         for end in range(size, len(token_ids) + 1, size):
             parent = fn((parent, tuple(token_ids[end - size:end]), extra))
             out.append(parent)
@@ -125,7 +126,9 @@ class BlockHasher:
     def keys(self, token_ids: Sequence[int], extra: tuple[Any, ...] | None = None
              ) -> list[BlockKey]:
         """The keys of every full block as the replica's events carry them."""
-        digests = self.digests(token_ids, extra)
+        return self.as_keys(self.digests(token_ids, extra))
+
+    def as_keys(self, digests: Sequence[bytes]) -> list[BlockKey]:
         if not self.int_keys:
             return list(digests)
         return [int.from_bytes(d, "big") & _LOW64 for d in digests]

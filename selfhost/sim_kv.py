@@ -95,9 +95,13 @@ class BlockCache:
                       ) -> int:
         """Cached tokens of this prompt (its longest cached block prefix); then its blocks
         are cached, most recently used."""
-        size = self.hasher.block_size
         extra = (("lora", *lora),) if lora is not None else None
-        keys = self.hasher.keys(tokens, extra)
+        return self.insert_keys(self.hasher.keys(tokens, extra), tokens, lora)
+
+    def insert_keys(self, keys: Sequence[BlockKey], tokens: Sequence[int],
+                    lora: tuple[str, str] | None = None) -> int:
+        """`lookup_insert` for a prompt whose block keys are known already."""
+        size = self.hasher.block_size
         lru = self._lru
         hit = 0
         while hit < len(keys) and keys[hit] in lru:
