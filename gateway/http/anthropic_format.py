@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from gateway.canonical import CanonicalRequest, Operation, StreamChunk
 from gateway.errors import GatewayError
+from gateway.http import anthropic_answers as answers
 from gateway.http import anthropic_schema as schema
 
 
 class AnthropicStreamEncoder:
     def __init__(self, req: CanonicalRequest) -> None:
         self._rid = req.request_id
-        self._enc = schema.StreamEncoder(req.model)
+        self._enc = answers.StreamEncoder(req.model)
 
     def chunk(self, chunk: StreamChunk) -> bytes:
         return self._enc.feed(chunk)
@@ -22,7 +23,7 @@ class AnthropicStreamEncoder:
         return self._enc.end()
 
     def error(self, err: GatewayError) -> bytes:
-        return schema.error_event(err, self._rid)
+        return answers.error_event(err, self._rid)
 
 
 class AnthropicFormat:
@@ -32,10 +33,10 @@ class AnthropicFormat:
         return schema.canonical(raw, request_id)
 
     def error_body(self, err: GatewayError, request_id: str) -> bytes:
-        return schema.error_body(err, request_id)
+        return answers.error_body(err, request_id)
 
     def completion_body(self, req: CanonicalRequest, body: bytes) -> bytes:
-        return schema.message_body(body, req.model)
+        return answers.message_body(body, req.model)
 
     def stream_encoder(self, req: CanonicalRequest) -> AnthropicStreamEncoder:
         return AnthropicStreamEncoder(req)

@@ -135,6 +135,13 @@ class _Mock:
     def next_id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids):024d}"
 
+    # The simulator's runner also opens and closes a simulator's KV-event publisher.
+    async def open_kv(self, host: str) -> None:
+        """A provider publishes no KV-cache events."""
+
+    async def close_kv(self) -> None:
+        """Nothing was opened."""
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = await request.read()
         try:
@@ -354,7 +361,8 @@ def _anthropic_block(index: int, block: dict[str, Any]) -> list[bytes]:
 @contextmanager
 def serving(*mocks: _Mock) -> Iterator[str]:
     """Serve mocks from a background thread; yields the first one's server root URL."""
-    # The simulator's runner only needs `.handle`; the cast spares it a Protocol of its own.
+    # The simulator's runner needs `.handle`, `.open_kv` and `.close_kv`; the cast spares
+    # it a Protocol of its own.
     with ThreadedSim(*(cast(Simulator, m) for m in mocks)) as threaded:
         yield threaded.url
 

@@ -9,7 +9,7 @@ import orjson
 from adapters.anthropic import AnthropicUsage
 from adapters.openai_responses import usage_of
 from gateway.canonical import Deployment, Target, Usage, usage_from_json, usage_json
-from gateway.http.anthropic_schema import message_body
+from gateway.http.anthropic_answers import message_body
 from policies.pricing import cost_nanos, worst_case_nanos
 
 

@@ -11,15 +11,15 @@ import pytest
 from adapters.anthropic import FINISH_REASONS, AnthropicAdapter
 from gateway.canonical import StreamChunk, Target, Usage
 from gateway.errors import GatewayError
-from gateway.http.anthropic_schema import (
+from gateway.http.anthropic_answers import (
     STOP_REASONS,
     StreamEncoder,
-    canonical,
     error_body,
     error_event,
     error_type,
     message_body,
 )
+from gateway.http.anthropic_schema import canonical
 from gateway.wire.sse import SSEParser
 from tests.support.provider_mocks import Replay, serving
 
