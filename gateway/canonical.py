@@ -219,3 +219,6 @@ class Deployment:
     capabilities: Capabilities = Capabilities()
     can_continue: bool = False  # may take over a broken stream (config, else capabilities)
     health_check: HealthCheck = "off"  # how to check it while its circuit is open
+    # A LoRA adapter served by a pool (`target.upstream_model` is its name): its path as
+    # the replicas load it. Only replicas that have it loaded may serve it.
+    adapter_path: str | None = None

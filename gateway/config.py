@@ -131,6 +131,15 @@ class Simulate(_Strict):
     block_size: int = Field(16, ge=1)
 
 
+class LoraSettings(_Strict):
+    """A pool's LoRA adapters (deployments with `adapter`)."""
+
+    # Load an adapter no replica has on the least-loaded one (POST /v1/load_lora_adapter;
+    # the replicas need VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).
+    dynamic_loading: bool = False
+    refresh_s: float = Field(5.0, gt=0, description="how often /v1/models is read")
+
+
 class KvEventsReplica(_Strict):
     port: int = Field(ge=1, le=65535)
     replay_port: int = Field(ge=1, le=65535)
@@ -275,6 +284,7 @@ class Pool(_Strict):
     responses_api: bool = Field(True, description=(
         "/v1/responses requests go to vLLM's own /v1/responses (false: translated to chat"
         " completions, for vLLM before 0.10)"))
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings())  # type: ignore[call-arg]
     kv_events: KvEvents | None = Field(None, description=(
         "the replicas publish KV-cache events: the kv-aware routing step reads them"))
 
@@ -297,6 +307,9 @@ class DeploymentConfig(_Strict):
     model: str = Field(description="the model name the upstream knows")
     price: Price | None = Field(None, description="default: the pool's price, else free")
     weight: float = Field(1.0, gt=0, description="share under the weighted policy")
+    adapter: str | None = Field(None, description=(
+        "the model is a LoRA adapter of the pool (vLLM --enable-lora), at this path on the"
+        " replicas: requests go only to replicas that have it loaded"))
 
 
 PolicyName = Literal["slo-cost", "kv-aware", "latency", "least-loaded", "prefix-affinity",

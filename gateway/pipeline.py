@@ -53,6 +53,7 @@ from gateway.telemetry import Telemetry
 from gateway.telemetry.tracing import RequestTrace
 from policies.keys import Principal
 from policies.routing.base import Plan, RouteHints
+from selfhost.lora import AdapterDirectory
 
 log = logging.getLogger("turnout.http")
 
@@ -87,8 +88,10 @@ class Pipeline:
     def __init__(self, *, registry: Registry, authenticator: Authenticator,
                  cache: CacheStage | None, admission: AdmissionStage, planner: PlanStage,
                  dispatcher: Dispatcher, meter: Meter, telemetry: Telemetry | None,
-                 loop: asyncio.AbstractEventLoop, max_body: int) -> None:
+                 loop: asyncio.AbstractEventLoop, max_body: int,
+                 adapters: AdapterDirectory | None = None) -> None:
         self.registry = registry
+        self.adapters = adapters  # None: no pool serves LoRA adapters
         self.authenticator = authenticator
         self.cache = cache  # None: no model or team is cached, the cache costs nothing
         self.admission = admission
@@ -184,7 +187,11 @@ class Pipeline:
             if cached is not None and cached.entry is not None:
                 work = self._replay(ctx, cached, out, reply)
             else:
+                # An adapter no replica has: loaded first where the pool allows.
+                note = await self.adapters.ensure(deps) if self.adapters is not None else None
                 plan = self._plan(ctx, deps)
+                if note:
+                    plan.reason += f"; {note}"
                 respond = self._stream if req.stream else self._complete
                 work = respond(ctx, plan, out, reply)
             await (run(work) if run is not None else work)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from gateway.canonical import CanonicalRequest, Deployment
@@ -33,10 +33,12 @@ class PlanStage(Protocol):
 
 
 class Planner:
-    def __init__(self, cfg: Config, board: Scoreboard, kv: KvView | None = None) -> None:
+    def __init__(self, cfg: Config, board: Scoreboard, kv: KvView | None = None,
+                 adapters: Callable[[Deployment], bool] | None = None) -> None:
         """`kv`: what the pools' KV events say, for the kv-aware step (None: no pool
-        publishes them)."""
+        publishes them); `adapters`: whether a LoRA adapter's replica has it loaded."""
         self.board = board
+        self._has_adapter = adapters
         self._routes: dict[str, tuple[RoutingPolicy, RoutingConfig]] = {}
         for model, mc in cfg.models.items():
             rc = mc.routing or cfg.routing
@@ -47,6 +49,7 @@ class Planner:
              shed: bool = True) -> Plan:
         """`shed=False` for a fallback's plan: a request already in failover is not shed."""
         policy, rc = self._routes[req.model]
+        deployments = self._with_adapter(deployments)
         slo_ms = req.slo_ttft_ms or team_slo_ms or rc.slo_ttft_ms
         hints.slo_ttft_s = slo_ms / 1000 if slo_ms else None
         # Replicas whose /health fails, and deployments stalled on an attempt (latency
@@ -66,6 +69,19 @@ class Planner:
         if shed:
             self._shed(plan, rc, priority)
         return plan
+
+    def _with_adapter(self, deployments: Sequence[Deployment]) -> Sequence[Deployment]:
+        """A LoRA adapter's replicas that have it loaded; 503 when none has."""
+        has = self._has_adapter
+        if has is None or not any(d.adapter_path is not None for d in deployments):
+            return deployments
+        ready = [d for d in deployments if d.adapter_path is None or has(d)]
+        if not ready:
+            raise GatewayError(
+                503, f"The adapter `{deployments[0].target.upstream_model}` is not loaded on"
+                     " any replica of its pool.", type="server_error", code="adapter_unavailable",
+                headers={"retry-after": "5"})
+        return ready
 
     @staticmethod
     def _shed(plan: Plan, rc: RoutingConfig, priority: int) -> None:

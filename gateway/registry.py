@@ -72,7 +72,8 @@ class Registry:
                                price_cached_input=p.cached_input,
                                price_cache_write=p.cache_write,
                                capabilities=get_adapter("openai").capabilities(target),
-                               can_continue=pool.continuation, health_check="health")
+                               can_continue=pool.continuation, health_check="health",
+                               adapter_path=dc.adapter)
                     for root in self.members[pool.name]
                     for target in [Target(base_url=root + "/v1", upstream_model=dc.model,
                                           options=_pool_options(pool.responses_api))]]

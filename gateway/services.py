@@ -51,17 +51,19 @@ from gateway.telemetry import Telemetry
 from gateway.telemetry.metrics import MeasuredConnection
 from gateway.telemetry.traced import TracedAdmission, TracedAttempts, TracedCache, TracedPlanner
 from gateway.telemetry.tracing import Tracing
-from gateway.wire.base import RedisConnection, get
+from gateway.wire.base import RedisConnection, get, post_json
 from gateway.wire.http_client import UpstreamClient
 from gateway.wire.redis_client import open_redis
 from policies.kv_index import KvIndex, KvView
 from policies.leases import MAX_AGE_S
 from policies.lockout import Lockout
+from policies.routing.base import load
 from policies.scoreboard import Scoreboard
 from selfhost.kv_blocks import DEFAULT_SEED
 from selfhost.kv_events import KvEventsMonitor, KvEventsSpec
 from selfhost.kv_keys import RequestKeys
 from selfhost.kv_tokens import HfTokenizer
+from selfhost.lora import AdapterDirectory
 from selfhost.pool import PoolMonitor, PoolSpec
 from selfhost.sim_kv import SimTokenizer
 
@@ -108,7 +110,8 @@ class Services:
         tracing = Tracing.build(cfg.telemetry.tracing)  # None: off
         tracer = tracing.tracer if tracing is not None else None
         kv = await self._kv_events(registry, simulated)  # None: no pool publishes them
-        planner: PlanStage = Planner(cfg, board, kv)
+        adapters = await self._adapters(registry, board)  # None: no pool serves adapters
+        planner: PlanStage = Planner(cfg, board, kv, adapters.has if adapters else None)
         if tracer is not None:
             planner = TracedPlanner(planner, tracer)
         failover = self.failover = Failover(
@@ -162,7 +165,7 @@ class Services:
             registry=registry, authenticator=self.authenticator, cache=cache, admission=admission,
             planner=planner, dispatcher=Dispatcher(runner, failover), meter=meter,
             telemetry=telemetry if telemetry.active else None, loop=loop,
-            max_body=cfg.server.max_body_bytes)
+            max_body=cfg.server.max_body_bytes, adapters=adapters)
         self.console = None
         if recorder is not None:
             self.console = Console(cfg, recorder, store, board, failover,
@@ -194,14 +197,35 @@ class Services:
             assert ev is not None
             tokenizer = (SimTokenizer() if pool.simulate is not None or ev.tokenizer is None
                          else HfTokenizer(ev.tokenizer))
-            view.keyers[pool.name] = RequestKeys(tokenizer, algo=ev.hash_algo,
-                                                 seed=ev.hash_seed or DEFAULT_SEED)
+            view.keyers[pool.name] = RequestKeys(
+                tokenizer, algo=ev.hash_algo, seed=ev.hash_seed or DEFAULT_SEED,
+                adapter_of=lambda d: (d.target.upstream_model, d.adapter_path)
+                if d.adapter_path is not None else None)
             ports = {root: (r.port, r.replay_port) for root, r in ev.replicas.items()}
             monitor = self._kv_monitor(pool.name, ev, view.index, registry,
                                        {**ports, **simulated.kv_ports})
             await monitor.start()
             self._stack.push_async_callback(monitor.stop)
         return view
+
+    async def _adapters(self, registry: Registry, board: Scoreboard) -> AdapterDirectory | None:
+        """Which replica has which LoRA adapter, for pools serving adapter deployments."""
+        cfg, client = self.config, self.client
+        pools = {dc.target for mc in cfg.models.values() for dc in mc.deployments
+                 if dc.adapter is not None}
+        if not pools:
+            return None
+        settings = {p.name: p.lora for p in cfg.pools if p.name in pools}
+        directory = AdapterDirectory(
+            lambda url, timeout_s: get(client, url, timeout_s),
+            lambda url, body, timeout_s: post_json(client, url, body, timeout_s),
+            members=lambda pool: registry.members.get(pool, []),
+            load=lambda d: load(board, d),
+            dynamic={name: s.dynamic_loading for name, s in settings.items()},
+            refresh_s=min(s.refresh_s for s in settings.values()))
+        await directory.start()
+        self._stack.push_async_callback(directory.stop)
+        return directory
 
     @staticmethod
     def _kv_monitor(name: str, ev: KvEvents, index: KvIndex, registry: Registry,

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from adapters.anthropic import THINKING_BLOCKS
+from adapters.anthropic_request import THINKING_BLOCKS
 from gateway.canonical import StreamChunk, Usage, usage_from_json
 from gateway.errors import GatewayError
 from gateway.wire.sse import encode

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from adapters.anthropic import MESSAGES_API, THINKING_BLOCKS
+from adapters.anthropic_request import MESSAGES_API, THINKING_BLOCKS
 from gateway.canonical import (
     CanonicalRequest,
     NativeRequest,

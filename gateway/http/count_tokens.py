@@ -23,7 +23,11 @@ from collections.abc import Sequence
 import orjson
 
 from adapters import get_adapter
-from adapters.anthropic import MESSAGES_API, count_tokens_request, count_tokens_result
+from adapters.anthropic_request import (
+    MESSAGES_API,
+    count_tokens_request,
+    count_tokens_result,
+)
 from adapters.openai import tokenize_request, tokenize_result
 from gateway.canonical import (
     CanonicalRequest,

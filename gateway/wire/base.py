@@ -71,6 +71,22 @@ async def get(client: HttpClient, url: str, timeout_s: float) -> tuple[int, byte
         return None
 
 
+async def post_json(client: HttpClient, url: str, body: bytes, timeout_s: float
+                    ) -> tuple[int, bytes] | None:
+    """POST a JSON body (a pool's admin calls): status and body, or None when not had in
+    time."""
+    deadline = client.loop.time() + timeout_s
+    request = UpstreamRequest("POST", url, {"content-type": "application/json"}, body)
+    try:
+        resp = await client.send(request, deadline)
+        try:
+            return resp.status, await resp.read(deadline)
+        finally:
+            resp.release()
+    except (TimeoutError, UpstreamFailure):
+        return None
+
+
 async def get_status(client: HttpClient, url: str, timeout_s: float) -> int | None:
     got = await get(client, url, timeout_s)
     return None if got is None else got[0]

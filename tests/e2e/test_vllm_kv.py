@@ -228,3 +228,40 @@ def test_a_gateway_routes_to_the_replica_holding_the_prefix(fleet: Fleet,
               f"{cold_ttft * 1000:.0f} ms")
     finally:
         gw.stop()
+
+
+def test_adapter_requests_land_where_the_adapter_is_loaded(fleet: Fleet,
+                                                           tmp_path: Path) -> None:
+    config = {
+        "pools": [{"name": "vllm", "endpoints": [r.url for r in fleet.replicas],
+                   "lora": {"dynamic_loading": True}}],
+        "models": {
+            "sql": {"deployments": [{"target": "vllm", "model": ADAPTER,
+                                     "adapter": str(fleet.lora_dir)}]},
+            # The same weights under a name no replica has: loaded on demand.
+            "sql-2": {"deployments": [{"target": "vllm", "model": "tiny-sql-2",
+                                       "adapter": str(fleet.lora_dir)}]},
+        },
+    }
+    gw = Gateway(config, tmp_path)
+    try:
+        client = OpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0)
+        hi = [{"role": "user", "content": "Hello!"}]
+        seen = set()
+        for _ in range(6):
+            raw = client.chat.completions.with_raw_response.create(
+                model="sql", messages=hi, max_tokens=2)  # type: ignore[arg-type]
+            seen.add(raw.headers["x-turnout-deployment"])
+        assert seen == {fleet.a.id}
+        raw = client.chat.completions.with_raw_response.create(
+            model="sql-2", messages=hi, max_tokens=2)  # type: ignore[arg-type]
+        where = raw.headers["x-turnout-deployment"]
+        assert raw.headers["x-turnout-route"].endswith(f"; loaded adapter tiny-sql-2 on {where}")
+        root = next(r.url for r in fleet.replicas if r.id == where)
+        with urllib.request.urlopen(root + "/v1/models", timeout=10) as resp:
+            cards = json.loads(resp.read())["data"]
+        assert any(c["id"] == "tiny-sql-2" and c["parent"] == MODEL for c in cards)
+        print(f"\nadapter {ADAPTER}: 6/6 requests on {fleet.a.id}; tiny-sql-2 loaded on "
+              f"demand on {where}")
+    finally:
+        gw.stop()
