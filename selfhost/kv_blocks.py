@@ -103,7 +103,12 @@ class BlockHasher:
     algo: HashAlgo = "sha256"
     seed: str = DEFAULT_SEED
     int_keys: bool = True  # VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES (vLLM's default: on)
+    # Blocks hashed lately (a shared system prompt's, mostly), as vLLM keeps them too: a
+    # dict lookup instead of a pickle and a SHA-256 (0.4 ms for 4,000 tokens in blocks
+    # of 16). Oldest out first.
+    memo_size: int = 0
     _root: bytes = field(init=False, repr=False)
+    _memo: dict[tuple[Any, ...], bytes] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -118,8 +123,17 @@ class BlockHasher:
         `parent`: the digest of the block before `token_ids` (they continue a prompt)."""
         fn, size = _HASHES[self.algo], self.block_size
         parent, out = parent or self._root, []
+        memo, cap = self._memo, self.memo_size
         for end in range(size, len(token_ids) + 1, size):
-            parent = fn((parent, tuple(token_ids[end - size:end]), extra))
+            block = (parent, tuple(token_ids[end - size:end]), extra)
+            digest = memo.get(block) if cap else None
+            if digest is None:
+                digest = fn(block)
+                if cap:
+                    if len(memo) >= cap:
+                        del memo[next(iter(memo))]
+                    memo[block] = digest
+            parent = digest
             out.append(parent)
         return out
 

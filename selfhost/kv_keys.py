@@ -20,6 +20,10 @@ class PromptTokenizer(Protocol):
     def tokens(self, req: CanonicalRequest) -> list[int] | None: ...
 
 
+# Blocks whose digests are kept per block size: ~300 bytes each, 16k: ~5 MB; a
+# 4,000-token system prompt is 250 blocks of 16.
+_MEMO_BLOCKS = 16_384
+
 # The adapter a deployment's upstream model names: (name, path on the replica), or None
 # for the base model.
 AdapterOf = Callable[[Deployment], tuple[str, str] | None]
@@ -53,7 +57,7 @@ class RequestKeys:
             hasher = self._hashers.get(block_size)
             if hasher is None:
                 hasher = self._hashers[block_size] = BlockHasher(
-                    block_size, self._algo, self._seed, self._int_keys)
+                    block_size, self._algo, self._seed, self._int_keys, memo_size=_MEMO_BLOCKS)
             extra = lora_extra(*adapter) if adapter is not None else None
             keys = self._keys[memo] = hasher.keys(tokens, extra)
         return keys

@@ -13,6 +13,14 @@ string content. Completions prompts are encoded with special tokens (vLLM's defa
 
 Anything else (images, audio, a template that fails) gives None: the request's keys
 cannot be known, and routing falls back to prefix affinity for it.
+
+Tokenizing costs about 0.65 µs a token (a 4,000-token prompt: 2.6 ms), and a shared
+system prompt would be tokenized again for every request. The tokenizer splits its input
+at added tokens (a chat template's special tokens) and encodes the text between them
+each on its own, so we do the same: the pieces are split here and each piece's ids are
+kept (`_PIECES`, least recently used out), and a prompt whose system prompt was seen
+costs its new pieces only. This needs the added tokens to match exactly (no `lstrip`,
+`rstrip`, `single_word` or normalization); a tokenizer with such tokens is encoded whole.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
+from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -33,6 +43,7 @@ from gateway.canonical import CanonicalRequest
 
 log = logging.getLogger("turnout.kv_tokens")
 
+_PIECES = 1024  # pieces of text whose ids are kept
 _SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token",
             "mask_token")
 
@@ -63,6 +74,8 @@ class HfTokenizer:
     def __init__(self, directory: str | Path) -> None:
         path = Path(directory)
         self._tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._split, self._added = _added_tokens(json.loads((path / "tokenizer.json").read_text()))
+        self._pieces: OrderedDict[str, list[int]] = OrderedDict()
         config: dict[str, Any] = {}
         if (path / "tokenizer_config.json").exists():
             config = json.loads((path / "tokenizer_config.json").read_text())
@@ -88,8 +101,7 @@ class HfTokenizer:
         body = req.body
         if req.operation == "chat":
             text = self.render_chat(body)
-            return None if text is None else self._tok.encode(
-                text, add_special_tokens=False).ids
+            return None if text is None else self.encode(text)
         if req.operation == "completions":
             prompt = body.get("prompt")
             if isinstance(prompt, str):
@@ -97,6 +109,29 @@ class HfTokenizer:
             if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
                 return list(prompt)
         return None
+
+    def encode(self, text: str) -> list[int]:
+        """`text`'s ids without added special tokens (as the tokenizer's `encode`), piece
+        by piece between added tokens, with the pieces seen before taken from the cache."""
+        if self._split is None:
+            return list(self._tok.encode(text, add_special_tokens=False).ids)
+        ids: list[int] = []
+        pieces = self._pieces
+        for i, part in enumerate(self._split.split(text)):
+            if i % 2:  # an added token
+                ids.append(self._added[part])
+                continue
+            if not part:
+                continue
+            got = pieces.get(part)
+            if got is None:
+                got = pieces[part] = self._tok.encode(part, add_special_tokens=False).ids
+                if len(pieces) > _PIECES:
+                    pieces.popitem(last=False)
+            else:
+                pieces.move_to_end(part)
+            ids += got
+        return ids
 
     def render_chat(self, body: dict[str, Any]) -> str | None:
         messages = body.get("messages")
@@ -121,6 +156,20 @@ class HfTokenizer:
                 return None
             text = text[:text.rindex(final) + len(final)]
         return text
+
+
+def _added_tokens(spec: dict[str, Any]) -> tuple[re.Pattern[str] | None, dict[str, int]]:
+    """A pattern that splits text at the tokenizer's added tokens (leftmost, longest
+    first, as the tokenizer finds them), and their ids; no pattern when one of them
+    matches other than exactly."""
+    added = spec.get("added_tokens") or []
+    exact = all(not (t.get("lstrip") or t.get("rstrip") or t.get("single_word")
+                     or t.get("normalized")) for t in added)
+    ids = {t["content"]: int(t["id"]) for t in added}
+    if not ids or not exact:
+        return None, ids
+    alternatives = "|".join(re.escape(c) for c in sorted(ids, key=len, reverse=True))
+    return re.compile(f"({alternatives})"), ids
 
 
 def _message(raw: Any) -> dict[str, Any] | None:

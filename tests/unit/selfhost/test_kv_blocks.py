@@ -52,3 +52,10 @@ def test_bad_settings_are_refused() -> None:
         BlockHasher(0)
     with pytest.raises(ValueError):
         BlockHasher(16, "xxhash")
+
+
+def test_memoized_keys_are_the_same() -> None:
+    hasher, plain = BlockHasher(4, memo_size=3), BlockHasher(4)
+    tokens = list(range(40))
+    assert hasher.keys(tokens) == plain.keys(tokens)  # 10 blocks through a memo of 3
+    assert hasher.keys(tokens[:12]) == plain.keys(tokens[:12])
