@@ -2,10 +2,13 @@
 `/v1/models`, where vLLM lists each loaded adapter with the base model as `parent` and
 its path as `root`), so a request for an adapter goes only to replicas that have it, and
 loading one on demand (`POST /v1/load_lora_adapter`, vLLM with
-VLLM_ALLOW_RUNTIME_LORA_UPDATING) on the least-loaded replica when no replica has it and
-the pool allows it (`pools[].lora.dynamic_loading`).
+VLLM_ALLOW_RUNTIME_LORA_UPDATING) when no replica has it and the pool allows it
+(`pools[].lora.dynamic_loading`): on the least-loaded replica with a free adapter slot
+(`vllm:lora_requests_info`: fewer adapters running or waiting than its `max_lora`; a
+replica without one would swap adapters in and out), else the least-loaded.
 
-The loaded sets are refreshed every `refresh_s` per pool, and at once after a load.
+The loaded sets and slots are refreshed every `refresh_s` per pool, and at once after a
+load.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
@@ -31,6 +35,28 @@ _LOAD_TIMEOUT_S = 60.0  # an adapter is read from disk (or a hub) and put on the
 def root_of(dep: Deployment) -> str:
     """The server root of a pool replica's deployment (its base URL less `/v1`)."""
     return dep.target.base_url.removesuffix("/v1")
+
+
+_LORA_INFO = re.compile(r"^vllm:lora_requests_info\{([^}]*)\}", re.MULTILINE)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def parse_lora_info(metrics: str) -> tuple[int, int] | None:
+    """(max_lora, adapters running or waiting) from vLLM's `vllm:lora_requests_info`
+    (the most recent sample: the gauge's value is its time); None without it."""
+    best: tuple[float, tuple[int, int]] | None = None
+    for m in _LORA_INFO.finditer(metrics):
+        labels = dict(_LABEL.findall(m.group(1)))
+        try:
+            stamp = float(metrics[m.end():].split("\n", 1)[0].strip() or 0)
+            cap = int(labels.get("max_lora", ""))
+        except ValueError:
+            continue
+        busy = {a for key in ("running_lora_adapters", "waiting_lora_adapters")
+                for a in labels.get(key, "").split(",") if a}
+        if best is None or stamp >= best[0]:
+            best = (stamp, (cap, len(busy)))
+    return None if best is None else best[1]
 
 
 def parse_adapters(body: bytes) -> dict[str, str] | None:
@@ -59,6 +85,7 @@ class AdapterDirectory:
         self._dynamic = dynamic  # pool → may adapters be loaded on demand
         self._refresh_s = refresh_s
         self.loaded: dict[str, dict[str, str]] = {}
+        self.slots: dict[str, tuple[int, int]] = {}  # root → (max_lora, running or waiting)
         self._loading: dict[tuple[str, str], asyncio.Future[bool]] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -67,10 +94,15 @@ class AdapterDirectory:
 
     async def refresh(self, roots: Sequence[str]) -> None:
         async def one(root: str) -> None:
-            got = await self._fetch(root + "/v1/models", _TIMEOUT_S)
+            got, metrics = await asyncio.gather(self._fetch(root + "/v1/models", _TIMEOUT_S),
+                                                self._fetch(root + "/metrics", _TIMEOUT_S))
             adapters = parse_adapters(got[1]) if got is not None and got[0] == 200 else None
             if adapters is not None:
                 self.loaded[root] = adapters
+            info = (parse_lora_info(metrics[1].decode(errors="replace"))
+                    if metrics is not None and metrics[0] == 200 else None)
+            if info is not None:
+                self.slots[root] = info
         await asyncio.gather(*(one(r) for r in roots))
 
     async def start(self) -> None:
@@ -103,7 +135,7 @@ class AdapterDirectory:
         pool = adapters[0].pool
         if pool is None or not self._dynamic.get(pool):
             return None
-        dep = min(adapters, key=self._load)
+        dep = min(adapters, key=lambda d: (not self._free_slot(d), self._load(d)))
         name, root = dep.target.upstream_model, root_of(dep)
         key = (root, name)
         pending = self._loading.get(key)
@@ -115,6 +147,10 @@ class AdapterDirectory:
                 del self._loading[key]
         loaded = await asyncio.shield(pending)
         return f"loaded adapter {name} on {dep.id}" if loaded else None
+
+    def _free_slot(self, dep: Deployment) -> bool:
+        cap, busy = self.slots.get(root_of(dep), (1, 0))
+        return busy < cap
 
     async def _load_on(self, root: str, name: str, path: str) -> bool:
         body = orjson.dumps({"lora_name": name, "lora_path": path})

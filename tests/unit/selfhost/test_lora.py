@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from gateway.canonical import Deployment, Target
-from selfhost.lora import AdapterDirectory, parse_adapters
+from selfhost.lora import AdapterDirectory, parse_adapters, parse_lora_info
 from selfhost.sim import RunningSim, Simulator, serve
 from selfhost.sim_lora import Adapters
 
@@ -75,3 +75,27 @@ def test_parse_adapters_takes_cards_with_a_parent() -> None:
     assert parse_adapters(body) == {"sql": "/a/sql"}
     assert parse_adapters(b"not json") is None
     assert parse_adapters(b'{"data": 3}') is None
+
+
+async def test_loading_prefers_a_replica_with_a_free_adapter_slot(
+        replicas: list[RunningSim]) -> None:
+    a, b = replicas
+    assert a.sim.adapters is not None
+    a.sim.adapters.max_loras = 1
+    a.sim.adapters.running["sql"] = 1  # its one slot is taken: a new adapter would swap
+    async with aiohttp.ClientSession() as session:
+        directory = await _directory(replicas, session, dynamic=True)  # a is least loaded
+        assert directory.slots[a.url] == (1, 1)
+        legal = [_dep(a.url, "legal"), _dep(b.url, "legal")]
+        assert await directory.ensure(legal) == f"loaded adapter legal on {legal[1].id}"
+
+
+def test_parse_lora_info_takes_the_latest_sample() -> None:
+    # As vLLM 0.32 on the CPU writes it (the value is the sample's time).
+    text = ('# TYPE vllm:lora_requests_info gauge\n'
+            'vllm:lora_requests_info{max_lora="2",running_lora_adapters="",'
+            'waiting_lora_adapters=""} 1.7966687657977526e+09\n'
+            'vllm:lora_requests_info{max_lora="2",running_lora_adapters="a,b",'
+            'waiting_lora_adapters="c"} 1.7966687697977526e+09\n')
+    assert parse_lora_info(text) == (2, 3)
+    assert parse_lora_info("vllm:num_requests_running 0\n") is None
