@@ -592,6 +592,9 @@ class Config(_Strict):
                         f"models.{model}.deployments.{i}.target: unknown target {dep.target!r}"
                         f" (known: {', '.join(sorted(known)) or 'none'})"
                     )
+                if dep.adapter is not None and dep.target not in {p.name for p in self.pools}:
+                    raise ValueError(f"models.{model}.deployments.{i}.adapter: a LoRA adapter"
+                                     " is served by a pool, not a provider")
         return self
 
     @model_validator(mode="after")

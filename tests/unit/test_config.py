@@ -113,3 +113,22 @@ def test_redis_url_checked_as_the_store_reads_it_without_echoing_it(url: str,
     (line,) = info.value.problems
     assert line.startswith("redis.url: ") and problem in line
     assert "s3cret-pw" not in str(info.value)
+
+
+def test_kv_events_and_adapters() -> None:
+    pool = {"name": "gpu", "endpoints": ["http://h:1"], "kv_events": {
+        "tokenizer": None, "replicas": {"http://h:1/": {"port": 5, "replay_port": 6}}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config({**MINIMAL, "pools": [pool]})
+    assert any("needs `tokenizer`" in p for p in info.value.problems), info.value.problems
+    sim = {"name": "gpu", "simulate": {"replicas": 2, "kv_blocks": 64}, "kv_events": {
+        "replicas": {"http://h:1/": {"port": 5, "replay_port": 6}}}}
+    cfg = parse_config({**MINIMAL, "pools": [sim]})  # simulated: the simulator's tokenizer
+    assert cfg.pools[0].kv_events is not None
+    assert list(cfg.pools[0].kv_events.replicas) == ["http://h:1"]
+    on_provider = {**MINIMAL, "providers": [{"name": "p", "base_url": "https://x/v1"}],
+                   "models": {"m": {"deployments": [{"target": "p", "model": "x",
+                                                     "adapter": "/a"}]}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(on_provider)
+    assert any("served by a pool" in p for p in info.value.problems), info.value.problems
