@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from selfhost.sim_lora import Adapters
 from selfhost.sim_server import Simulator
 from selfhost.sim_state import PROFILES, FailNext, Faults, SimProfile, SimStats
 
@@ -236,6 +237,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, kind in _FAULT_FLAGS.items():
         group.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
     group.add_argument("--unhealthy", action="store_true", help="GET /health answers 503")
+    group = parser.add_argument_group("KV-cache events and LoRA adapters, as vLLM serves them")
+    group.add_argument("--kv-blocks", type=int, default=None,
+                       help="keep a KV cache of this many blocks and publish its events")
+    group.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    group.add_argument("--kv-port", type=int, default=0,
+                       help="replica i publishes on port+2i, replays on port+2i+1 (0: free)")
+    group.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
+                       help="a LoRA adapter loaded at start (repeatable)")
+    group.add_argument("--runtime-lora", action="store_true",
+                       help="serve /v1/load_lora_adapter and /v1/unload_lora_adapter")
+    group.add_argument("--max-loras", type=int, default=4)
 
 
 def run_cli(args: argparse.Namespace) -> int:
@@ -246,6 +258,8 @@ def run_cli(args: argparse.Namespace) -> int:
         if args.replicas < 1:
             raise ValueError("--replicas must be at least 1")
         profile = SimProfile.named(args.profile, **overrides)
+        loras = dict(_name_path(text) for text in args.lora)
+        lora_on = bool(loras) or args.runtime_lora
         sims = [
             Simulator(
                 profile,
@@ -254,6 +268,12 @@ def run_cli(args: argparse.Namespace) -> int:
                 max_tokens_default=args.max_tokens_default,
                 seed=args.seed + i,
                 faults=Faults(unhealthy=args.unhealthy, **fault_args),
+                kv_blocks=args.kv_blocks,
+                block_size=args.block_size,
+                kv_ports=(args.kv_port + 2 * i, args.kv_port + 2 * i + 1) if args.kv_port
+                else (0, 0),
+                adapters=Adapters(loras, max_loras=args.max_loras,
+                                  runtime_updates=args.runtime_lora) if lora_on else None,
             )
             for i in range(args.replicas)
         ]
@@ -269,10 +289,20 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
+def _name_path(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not (name and sep and path):
+        raise ValueError(f"--lora {text!r}: expected NAME=PATH")
+    return name, path
+
+
 async def _serve_until_signal(sims: list[Simulator], host: str, port: int) -> None:
     running = await serve_many(sims, host, port)
     for i, r in enumerate(running):
-        print(f"{r.url}  replica={i} profile={r.sim.profile.name} model={r.sim.model}", flush=True)
+        kv = r.sim.kv_publisher
+        events = f" kv-events={kv.port} kv-replay={kv.replay_port}" if kv is not None else ""
+        print(f"{r.url}  replica={i} profile={r.sim.profile.name} model={r.sim.model}{events}",
+              flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -128,11 +128,13 @@ class Simulator:
         faults: Faults | None = None,
         kv_blocks: int | None = None,
         block_size: int = 16,
+        kv_ports: tuple[int, int] = (0, 0),
         adapters: Adapters | None = None,
     ) -> None:
         """`kv_blocks`: keep a block-level KV cache of that many blocks of `block_size`
-        tokens and publish its events as vLLM does (`open_kv`); `adapters`: serve LoRA
-        adapters as vLLM with `--enable-lora` does."""
+        tokens and publish its events as vLLM does (`open_kv`), on `kv_ports` (event and
+        replay ports; 0: free ones); `adapters`: serve LoRA adapters as vLLM with
+        `--enable-lora` does."""
         self.profile = SimProfile.named(profile) if isinstance(profile, str) else profile
         self.model = model
         self.strict_model = strict_model  # else any model name is served, and echoed back
@@ -145,6 +147,7 @@ class Simulator:
         self._cache = PrefixCache()
         self.kv_cache = BlockCache(kv_blocks, BlockHasher(block_size)) if kv_blocks else None
         self.kv_publisher: KvPublisher | None = None
+        self._kv_ports = kv_ports
         self.adapters = adapters
         # Separate RNGs, so latency draws never shift which requests a fault rate picks.
         self._fault_rng = random.Random(seed)
@@ -169,9 +172,9 @@ class Simulator:
             self._plain[("POST", "/v1/unload_lora_adapter")] = self._unload_adapter
 
     async def open_kv(self, host: str = "127.0.0.1") -> None:
-        """Start publishing KV events (on free ports: `kv_publisher.port`, `.replay_port`)."""
+        """Start publishing KV events (`kv_publisher.port`, `.replay_port`)."""
         if self.kv_cache is not None and self.kv_publisher is None:
-            self.kv_publisher = KvPublisher(host)
+            self.kv_publisher = KvPublisher(host, *self._kv_ports)
             self.kv_publisher.start()
 
     async def close_kv(self) -> None:

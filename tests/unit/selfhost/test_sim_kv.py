@@ -18,6 +18,7 @@ from selfhost.sim import RunningSim, Simulator, serve
 from selfhost.sim_kv import BlockCache, SimTokenizer
 from selfhost.sim_lora import Adapters
 from tests.support.polling import until
+from tests.support.procs import free_port
 
 SYSTEM = " ".join(f"rule{i}" for i in range(60))  # 64 tokens with the template's 4
 
@@ -109,3 +110,13 @@ def test_block_cache_keys_adapters_apart_and_evicts_tails_first() -> None:
     assert events[2]["lora_name"] == "sql"
     # The first prompt's tail (and the second's) went before the shared head.
     assert cache.lookup_insert([1, 2, 3, 4]) == 4
+
+
+async def test_events_on_the_ports_asked_for() -> None:
+    ports = (free_port(), free_port())
+    running = await serve(Simulator("instant", kv_blocks=4, kv_ports=ports))
+    try:
+        assert running.sim.kv_publisher is not None
+        assert (running.sim.kv_publisher.port, running.sim.kv_publisher.replay_port) == ports
+    finally:
+        await running.close()
