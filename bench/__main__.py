@@ -4,9 +4,11 @@ Every system runs as one worker process pinned to the system-under-test core (de
 the mock upstream, the load generators, redis and this harness share the other core
 (default 0). Per scenario each system is measured in turn (interleaved, so drift in the
 machine hits them all alike): closed loops with wrk at c=1/16/64, an open loop at a
-fixed rate, and streams timed at the client. Then py-spy profiles Turnout and the floor
-under the c=16 load. Output: tables on the terminal, and results.json, plot.png, logs,
-configs and raw profiles under bench/results/<time>/.
+fixed rate, streams timed at the client, and the memory probe (RSS per idle connection
+and per stream in flight). Then py-spy profiles Turnout and the floor under the c=16
+load; `--long` adds a 10-minute mixed soak with RSS sampled throughout. Output: tables,
+issue #22's goals as pass/fail, and results.json, plot.png, logs, configs and raw
+profiles under bench/results/<time>/.
 
 `--smoke`: a few seconds of tiny load through direct, floor and both Turnouts (no
 LiteLLM, no profile, no installs but wrk): proves the harness works end to end.
@@ -26,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import install, profile, report, runner
+from bench import goals, install, profile, report, runner, soak
 from bench.install import REPO
 from bench.plan import Plan, make_plan, parse_args, select
 from bench.procs import core_busy
@@ -104,9 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The harness (and anything it forks without taskset) stays off the SUT core.
         os.sched_setaffinity(0, {aux_core})
     specs = select(load_specs(a.systems), a)
-    per_round = len(specs) * (len(plan.concurrency) + 2)
+    per_round = len(specs) * (len(plan.concurrency) + 2 + (plan.single_streams > 0)
+                              + (plan.mem_conns > 0))
     n_profiles = len(plan.profile_systems) if plan.profile_seconds > 0 else 0
-    progress = Progress(1 + len(specs) + plan.rounds * per_round + n_profiles, quiet=a.quiet)
+    progress = Progress(1 + len(specs) + plan.rounds * per_round + n_profiles
+                        + (plan.soak_seconds > 0), quiet=a.quiet)
     results: dict[str, Any] = {"meta": _meta(plan, started, run_dir, pin, (sut_core, aux_core)),
                                "systems": [], "scenarios": []}
     mock_args = ["--chunks", str(plan.chunks), "--gap-ms", str(plan.gap_ms),
@@ -125,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["scenarios"] = runner.run_all(plan, stack, running, wrk_exe, progress)
         if n_profiles:
             results["profiles"] = profile.run(plan, stack, running, wrk_exe, progress)
+        if plan.soak_seconds > 0:
+            results["soak"] = soak.run(plan, stack, running, wrk_exe, progress)
     finally:
         stack.stop()
     busy1 = core_busy()
@@ -135,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["meta"]["wall_s"] = round(time.monotonic() - wall0, 1)
     report.derive(results)
     results["targets"] = report.targets(results)
+    results["goals"] = goals.goals(results)
     out_json = run_dir / "results.json"
     out_json.write_text(json.dumps(results, indent=2))
     print(report.render(results))

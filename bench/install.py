@@ -2,7 +2,8 @@
 
 - `wrk` from Debian (apt-get; the harness runs as root here, `sudo` otherwise);
 - matplotlib (the plot) and py-spy (the profile) into the running virtualenv with pip;
-- LiteLLM Proxy into its own virtualenv, `.venv-litellm`, so its pins never touch ours.
+- LiteLLM Proxy into its own virtualenv, `.venv-litellm`, so its pins never touch ours;
+- Portkey's gateway (Node) from npm into `.bench-node/portkey-<version>`, pinned the same way.
 
 Each step is skipped when already done; pip and apt output goes to a log file.
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LITELLM_VERSION = "1.105.3"
 LITELLM_VENV = REPO / ".venv-litellm"
+PORTKEY_VERSION = "1.15.2"
+PORTKEY_DIR = REPO / ".bench-node" / f"portkey-{PORTKEY_VERSION}"
 
 
 class InstallError(RuntimeError):
@@ -88,3 +91,19 @@ def ensure_litellm(log: Path) -> Path:
         raise InstallError(f"{exe} missing after install")
     stamp.touch()
     return exe
+
+
+def ensure_portkey(log: Path) -> Path:
+    """Portkey's start-server.js, npm-installed (that exact version) on first use."""
+    script = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    if script.exists():
+        return script
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        raise InstallError("Portkey's gateway needs node and npm (apt-get install nodejs npm)")
+    PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
+    _run(["npm", "install", "--prefix", str(PORTKEY_DIR), "--no-audit", "--no-fund",
+          f"@portkey-ai/gateway@{PORTKEY_VERSION}"], log,
+         f"npm install @portkey-ai/gateway@{PORTKEY_VERSION}")
+    if not script.exists():
+        raise InstallError(f"{script} missing after npm install")
+    return script

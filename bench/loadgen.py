@@ -50,7 +50,8 @@ def wrk(wrk_exe: str, url: str, body: bytes, headers: dict[str, str], *, concurr
     """Closed loop: `concurrency` connections, each sending its next request on a reply."""
     argv = [wrk_exe, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s",
             f"--timeout={timeout_s:g}s", "-s", str(LUA), url]
-    env = {"BENCH_BODY": body.decode(), "BENCH_HEADERS": "\n".join(_header_lines(headers))}
+    env = {"BENCH_BODY": body.decode(), "BENCH_HEADERS": "\n".join(_header_lines(headers)),
+           "BENCH_SALT": os.urandom(3).hex()}
     out, cpu = _run(argv, core, duration + timeout_s + 30, env)
     line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if line is None:
@@ -98,5 +99,20 @@ def streams(url: str, body: bytes, headers: dict[str, str], *, concurrency: int,
     res: dict[str, Any] = json.loads(out)
     res["error_detail"] = res.pop("errors")
     res["errors"] = sum(res["error_detail"].values())
+    res["loadgen_cpu_s"] = round(cpu, 3)
+    return res
+
+
+def memprobe(url: str, body: bytes, stream_body: bytes, headers: dict[str, str], *, pgid: int,
+             conns: int, streams: int, core: int | None) -> dict[str, Any]:
+    """RSS per idle keep-alive connection and per in-flight stream (bench/memprobe.py)."""
+    argv = [sys.executable, "-m", "bench.memprobe", "--url", url, "--pgid", str(pgid),
+            "--body", body.decode(), "--stream-body", stream_body.decode(),
+            "--conns", str(conns), "--streams", str(streams)]
+    for h in _header_lines(headers):
+        argv += ["--header", h]
+    out, cpu = _run(argv, core, 120)
+    res: dict[str, Any] = json.loads(out)
+    res["errors"] = 0
     res["loadgen_cpu_s"] = round(cpu, 3)
     return res

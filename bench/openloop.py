@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from bench.bodies import Numbered
 from bench.mock_upstream import run_fast
 from bench.stats import summary_ms
 
@@ -77,7 +78,7 @@ class Conn(asyncio.Protocol):
         self.intended = intended
         self.sent_at = time.perf_counter()
         self.busy = True
-        self.transport.write(self.pool.request)
+        self.transport.write(self.pool.request.next())
 
     # httptools callbacks
     def on_headers_complete(self) -> None:
@@ -92,7 +93,7 @@ class Conn(asyncio.Protocol):
 
 
 class Pool:
-    def __init__(self, url: str, request: bytes, max_conns: int, result: Result,
+    def __init__(self, url: str, request: Numbered, max_conns: int, result: Result,
                  window_end: float) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
@@ -196,7 +197,8 @@ async def run(url: str, rate: float, duration: float, body: bytes, headers: Sequ
     total = max(1, int(rate * duration))
     result = Result()
     start = time.perf_counter() + 0.05
-    pool = Pool(url, build_request(url, body, headers), max_conns, result, start + duration)
+    pool = Pool(url, Numbered(build_request(url, body, headers)), max_conns, result,
+                start + duration)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     i = 0
     while i < total:

@@ -32,6 +32,10 @@ class Plan:
     profile_systems: list[str]
     profile_concurrency: int
     quiet_budget: float  # seconds, over the whole run, to wait for a quiet machine
+    mem_conns: int  # idle keep-alive connections the memory probe holds (0: no probe)
+    mem_streams: int  # streams it holds in flight
+    soak_seconds: float  # long mode: the mixed soak's length (0: none)
+    soak_system: str
 
 
 def parse_args(argv: Sequence[str] | None, doc: str | None) -> argparse.Namespace:
@@ -48,17 +52,25 @@ def parse_args(argv: Sequence[str] | None, doc: str | None) -> argparse.Namespac
     p.add_argument("--concurrency", help="closed-loop concurrencies (default 1,16,64)")
     p.add_argument("--rate", type=float, help="open-loop req/s offered (default 1000)")
     p.add_argument("--open-duration", type=float, help="open-loop seconds (default 10)")
-    p.add_argument("--stream-concurrency", type=int, help="concurrent streams (default 8)")
+    p.add_argument("--stream-concurrency", type=int, help="concurrent streams (default 32)")
     p.add_argument("--streams", type=int, help="streams per system (default 32)")
     p.add_argument("--single-streams", type=int,
                    help="streams one at a time per system, before the concurrent ones "
-                        "(default 16; 0: off)")
-    p.add_argument("--chunks", type=int, help="mock: content events per stream (default 64)")
-    p.add_argument("--gap-ms", type=float, help="mock: ms between events (default 20)")
+                        "(default 8; 0: off)")
+    p.add_argument("--chunks", type=int, help="mock: content events per stream (default 256)")
+    p.add_argument("--gap-ms", type=float, help="mock: ms between events (default 10)")
     p.add_argument("--delay-ms", type=float, default=0.0, help="mock: ms before responding")
     p.add_argument("--profile-seconds", type=float,
                    help="py-spy each --profile-systems under c=16 load (0: off; default 10)")
-    p.add_argument("--profile-systems", default="turnout-full,floor")
+    p.add_argument("--profile-systems", default="turnout-everything,turnout-full,floor")
+    p.add_argument("--mem-conns", type=int,
+                   help="memory probe: idle keep-alive connections held (default 1000; 0: off)")
+    p.add_argument("--mem-streams", type=int, help="memory probe: streams held (default 64)")
+    p.add_argument("--long", action="store_true",
+                   help="also a mixed soak (--soak-seconds, default 600) of --soak-system, "
+                        "its RSS sampled throughout")
+    p.add_argument("--soak-seconds", type=float)
+    p.add_argument("--soak-system", default="turnout-everything")
     p.add_argument("--quiet-budget", type=float,
                    help="seconds in all to wait for other load on the machine to pass "
                         "before measurements (default 60; smoke 0)")
@@ -90,16 +102,20 @@ def make_plan(a: argparse.Namespace) -> Plan:
         rate=pick(a.rate, 1000.0, 50.0),
         open_duration=pick(a.open_duration, 10.0, 1.0),
         drain=2.0 if smoke else 5.0,
-        stream_concurrency=pick(a.stream_concurrency, 8, 2),
+        stream_concurrency=pick(a.stream_concurrency, 32, 2),
         streams=pick(a.streams, 32, 4),
-        single_streams=pick(a.single_streams, 16, 2),
-        chunks=pick(a.chunks, 64, 8),
-        gap_ms=pick(a.gap_ms, 20.0, 5.0),
+        single_streams=pick(a.single_streams, 8, 2),
+        chunks=pick(a.chunks, 256, 8),
+        gap_ms=pick(a.gap_ms, 10.0, 5.0),
         delay_ms=a.delay_ms,
         profile_seconds=pick(a.profile_seconds, 10.0, 0.0),
         profile_systems=[s.strip() for s in a.profile_systems.split(",") if s.strip()],
         profile_concurrency=16,
         quiet_budget=pick(a.quiet_budget, 60.0, 0.0),
+        mem_conns=pick(a.mem_conns, 1000, 20),
+        mem_streams=pick(a.mem_streams, 64, 2),
+        soak_seconds=(a.soak_seconds or 600.0) if a.long else 0.0,
+        soak_system=a.soak_system,
     )
 
 

@@ -113,6 +113,20 @@ def group_cpu_seconds(pgid: int) -> float:
     return total / _TICK
 
 
+def group_rss_bytes(pgid: int) -> int:
+    """Resident memory of every live process in process group `pgid`."""
+    total = 0
+    page = os.sysconf("SC_PAGE_SIZE")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        f = _stat_fields(pid)
+        # After the name: … rss(21), in pages
+        if f is not None and len(f) > 21 and f[2] == str(pgid):
+            total += int(f[21]) * page
+    return total
+
+
 def core_busy() -> dict[int, dict[str, float]]:
     """Per core, seconds since boot from /proc/stat: `busy` (processes and kernel, but not
     softirq), `softirq` (mostly loopback TCP processing, which no process is charged for),

@@ -22,7 +22,7 @@ from bench.plan import Plan
 from bench.procs import pinned
 from bench.progress import Progress
 from bench.runner import Calm
-from bench.systems import Running, Stack, request_body
+from bench.systems import Running, Stack
 
 OURS = ("gateway/", "adapters/", "policies/", "selfhost/")
 ENTRY = ("gateway/cli.py",)  # on every stack: says nothing about cost
@@ -103,7 +103,7 @@ def run(plan: Plan, stack: Stack, systems: list[Running], wrk_exe: str,
             calm.wait()
             raw = stack.run_dir / f"profile-{name}.txt"
             sampler = start(spy, target.proc.pid, plan.profile_seconds, raw, stack.aux_core)
-            load = loadgen.wrk(wrk_exe, target.url, request_body(False), target.headers,
+            load = loadgen.wrk(wrk_exe, target.url, target.body(False), target.headers,
                                concurrency=plan.profile_concurrency,
                                duration=plan.profile_seconds, core=stack.aux_core)
             try:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import goals
+
 Results = dict[str, Any]
 Scenario = dict[str, Any]
 
@@ -25,6 +27,8 @@ def _latency_key(scenario: Scenario) -> str:
 def derive(results: Results) -> None:
     """Add `added_ms` (vs direct) and `vs_floor` (throughput ratio) to every result."""
     for sc in results["scenarios"]:
+        if sc["kind"] == "memory":
+            continue
         res = sc["results"]
         base = res.get(DIRECT)
         floor = res.get(FLOOR)
@@ -224,19 +228,37 @@ def _stream_rows(sc: Scenario) -> list[list[str]]:
     rows = []
     for name, r in sc["results"].items():
         if not _ok(r):
-            rows.append([name, "error: " + str(r.get("error", "?"))[:60]] + [""] * 10)
+            rows.append([name, "error: " + str(r.get("error", "?"))[:60]] + [""] * 11)
             continue
         t, g, j, add = r["ttft_ms"], r["gap_ms"], r["jitter_ms"], r.get("added_ms", {})
         rows.append([name, f"{r['ok']}/{r['streams']}", _num(t["p50"]), _num(t["p99"]),
                      _num(add.get("p50")), _num(add.get("p99")),
                      _num(g["p50"]), _num(g["p99"]), _num(j["p99"]),
                      _num(r.get("added_jitter_p99_ms")), str(r["coalesced"]),
-                     str(r["errors"]), _pct(r.get("cpu"), "other")])
+                     _num(r.get("sut_cpu_us_per_chunk"), 1), str(r["errors"]),
+                     _pct(r.get("cpu"), "other")])
     return rows
 
 
 _STREAM_HEAD = ["system", "ok", "TTFT P50", "TTFT P99", "+TTFT P50", "+TTFT P99", "gap P50",
-                "gap P99", "jitter P99", "+jitter P99", "coalesced", "errors", "other cpu"]
+                "gap P99", "jitter P99", "+jitter P99", "coalesced", "µs/chunk", "errors",
+                "other cpu"]
+
+
+def _memory_rows(sc: Scenario) -> list[list[str]]:
+    rows = []
+    for name, r in sc["results"].items():
+        if not _ok(r):
+            rows.append([name, "error: " + str(r.get("error", "?"))[:60]] + [""] * 4)
+            continue
+        rows.append([name, _num(r["rss_base"] / 2**20, 1),
+                     _num(r["bytes_per_idle_conn"] / 1024, 1),
+                     _num(r["bytes_per_stream"] and r["bytes_per_stream"] / 1024, 1),
+                     _pct(r.get("cpu"), "other")])
+    return rows
+
+
+_MEMORY_HEAD = ["system", "RSS MiB", "KiB/idle conn", "KiB/stream", "other cpu"]
 
 
 def render(results: Results) -> str:
@@ -255,6 +277,10 @@ def render(results: Results) -> str:
             out.append(f"Closed loop, c={sc['concurrency']}, non-streamed "
                        f"(wrk, {sc['duration_s']:g} s; latency in ms; +P = added vs direct)")
             out.append(_table(_CLOSED_HEAD, _closed_rows(sc)))
+        elif sc["kind"] == "memory":
+            out.append(f"Memory: {sc['conns']} idle keep-alive connections (one request each), "
+                       f"then {sc['streams']} streams in flight (RSS of the process group)")
+            out.append(_table(_MEMORY_HEAD, _memory_rows(sc)))
         elif sc["kind"] == "open":
             out.append(f"Open loop, {sc['rate']:g} req/s offered for {sc['duration_s']:g} s, "
                        "non-streamed (latency from the intended send time)")
@@ -281,6 +307,9 @@ def render(results: Results) -> str:
             val = "—" if t["value"] is None else f"{t['value']:g}{t['unit']}"
             out.append(f"  {mark}  {t['system']:<13} {t['target']}: {val} "
                        f"(target {t['op']} {t['threshold']:g}{t['unit']})")
+    if results.get("goals"):
+        out.append("")
+        out.extend(goals.render(results["goals"]))
     for prof in results.get("profiles") or []:
         out.append("")
         if "error" in prof:

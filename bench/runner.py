@@ -20,7 +20,7 @@ from bench import loadgen
 from bench.plan import Plan
 from bench.procs import machine_seconds
 from bench.progress import Progress
-from bench.systems import Running, Stack, request_body
+from bench.systems import Running, Stack
 
 Result = dict[str, Any]
 
@@ -79,6 +79,10 @@ class Meter:
         done = res.get("ok", res.get("completed"))
         if self.system.proc is not None and done:
             res["sut_cpu_us_per_req"] = round(1e6 * d["sut"] / done, 1)
+        chunks = res.get("chunks_total")
+        if self.system.proc is not None and chunks:
+            # A stream's cost is per chunk relayed (its setup shared out over them).
+            res["sut_cpu_us_per_chunk"] = round(1e6 * d["sut"] / chunks, 2)
         return res
 
 
@@ -128,6 +132,9 @@ def scenarios(plan: Plan) -> list[dict[str, Any]]:
                     "streams": plan.single_streams})
     out.append({"id": f"stream-c{plan.stream_concurrency}", "kind": "stream", "stream": True,
                 "concurrency": plan.stream_concurrency, "streams": plan.streams})
+    if plan.mem_conns > 0:
+        out.append({"id": "memory", "kind": "memory", "stream": False,
+                    "conns": plan.mem_conns, "streams": plan.mem_streams})
     for sc in out:
         sc["results"] = {}
         sc["rounds"] = {}
@@ -143,6 +150,11 @@ def summary(kind: str, res: Result) -> str:
         lat = res["latency_ms"]
         return (f"{res['rps']:>9,.0f} req/s  P50 {lat['p50']:.2f} ms  P99 {lat['p99']:.2f} ms"
                 f"  errors {res['errors']}{noise}")
+    if kind == "memory":
+        per_stream = res["bytes_per_stream"]
+        return (f"{res['bytes_per_idle_conn'] / 1024:,.1f} KiB per idle connection, "
+                + (f"{per_stream / 1024:,.1f} KiB per stream in flight" if per_stream
+                   is not None else "no streams") + noise)
     if kind == "open":
         return (f"{res['achieved_rps']:>9,.0f} of {res['offered_rps']:,.0f} req/s  "
                 f"P50 {res['latency_ms']['p50']:.2f} ms  P99 {res['latency_ms']['p99']:.2f} ms"
@@ -155,7 +167,7 @@ def measure(plan: Plan, sc: dict[str, Any], system: Running, stack: Stack,
             wrk_exe: str) -> Result:
     core = stack.aux_core
     meter = Meter(stack, system)
-    plain = request_body(False)
+    plain = system.body(False)
     if sc["kind"] == "closed":
         if plan.warmup > 0:
             loadgen.wrk(wrk_exe, system.url, plain, system.headers,
@@ -163,12 +175,18 @@ def measure(plan: Plan, sc: dict[str, Any], system: Running, stack: Stack,
         return meter.measure(lambda: loadgen.wrk(
             wrk_exe, system.url, plain, system.headers, concurrency=sc["concurrency"],
             duration=plan.duration, core=core))
+    if sc["kind"] == "memory":
+        assert system.proc is not None
+        pgid = system.proc.pid
+        return meter.measure(lambda: loadgen.memprobe(
+            system.url, plain, system.body(True), system.headers, pgid=pgid,
+            conns=sc["conns"], streams=sc["streams"] if system.spec.streams else 0, core=core))
     if sc["kind"] == "open":
         return meter.measure(lambda: loadgen.openloop(
             system.url, plain, system.headers, rate=plan.rate, duration=plan.open_duration,
             core=core, drain=plan.drain))
     return meter.measure(lambda: loadgen.streams(
-        system.url, request_body(True), system.headers, concurrency=sc["concurrency"],
+        system.url, system.body(True), system.headers, concurrency=sc["concurrency"],
         count=sc["streams"], gap_ms=plan.gap_ms, core=core, expected_chunks=plan.chunks))
 
 
@@ -191,6 +209,10 @@ def run_all(plan: Plan, stack: Stack, systems: list[Running], wrk_exe: str,
         order = systems if rnd % 2 == 0 else list(reversed(systems))
         for sc in scs:
             for system in order:
+                if sc["kind"] == "memory" and system.proc is None:
+                    continue  # direct: no proxy process to measure
+                if sc["stream"] and not system.spec.streams:
+                    continue
                 tag = f" r{rnd + 1}" if plan.rounds > 1 else ""
                 with progress.step(f"{sc['id']}{tag} · {system.name}"):
                     before = calm.wait()

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import aiohttp
 
+from bench.bodies import Numbered
 from bench.mock_upstream import run_fast
 from bench.stats import summary_ms
 
@@ -38,14 +39,14 @@ class Tally:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes,
+async def one_stream(session: aiohttp.ClientSession, url: str, body: Numbered,
                      headers: dict[str, str], tally: Tally, limit_s: float,
                      expect: int) -> None:
     started = time.perf_counter()
     last = 0.0
     count = 0
     try:
-        async with asyncio.timeout(limit_s), session.post(url, data=body,
+        async with asyncio.timeout(limit_s), session.post(url, data=body.next(),
                                                           headers=headers) as resp:
             if resp.status != 200:
                 await resp.read()
@@ -86,6 +87,7 @@ async def one_stream(session: aiohttp.ClientSession, url: str, body: bytes,
 async def run(url: str, body: bytes, headers: dict[str, str], concurrency: int, streams: int,
               gap_ms: float, limit_s: float, expect: int) -> dict[str, object]:
     tally = Tally()
+    numbered = Numbered(body)
     remaining = streams
     connector = aiohttp.TCPConnector(limit=0)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -96,7 +98,7 @@ async def run(url: str, body: bytes, headers: dict[str, str], concurrency: int, 
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                await one_stream(session, url, body, headers, tally, limit_s, expect)
+                await one_stream(session, url, numbered, headers, tally, limit_s, expect)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -113,6 +115,7 @@ async def run(url: str, body: bytes, headers: dict[str, str], concurrency: int, 
         "gap_ms": summary_ms(tally.gaps),
         "jitter_ms": summary_ms(jitter),
         "coalesced": sum(1 for g in tally.gaps if g < tiny),
+        "chunks_total": sum(tally.chunks),
         "stream_ms": summary_ms(tally.totals),
         "nominal_gap_ms": gap_ms,
         "client_cpu_s": round((cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),

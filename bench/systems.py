@@ -1,13 +1,13 @@
 """The systems under test, as declared in bench/systems.yaml, and the running stack.
 
 `Stack` starts the mock upstream (auxiliary core), the services the selected systems
-need (a private redis-server), then every system (system-under-test core), checks each
-one answers a real request streamed and not, and stops everything at the end.
+need (a private redis-server, an OTLP receiver), then every system (system-under-test
+core), checks each one answers a real request streamed and not, and stops everything at
+the end.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import string
 import subprocess
@@ -16,16 +16,17 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from bench.install import REPO, ensure_litellm
+from bench.bodies import MODES, Numbered, request_body
+from bench.install import REPO, ensure_litellm, ensure_portkey
 from bench.mock_upstream import MODEL
 from bench.procs import Proc, free_port, pinned
 
 BENCH = Path(__file__).resolve().parent
-KINDS = ("direct", "floor", "turnout", "litellm")
+KINDS = ("direct", "floor", "turnout", "litellm", "portkey")
+SERVICES = ("redis", "otlp")
 CHAT_PATH = "/v1/chat/completions"
 
 
@@ -37,6 +38,9 @@ class SystemSpec:
     services: list[str] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
     setup: list[list[str]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # the system's process environment
+    body: str = "plain"  # bench/bodies.py: plain | unique | repeat
+    streams: bool = True  # false: left out of the streaming scenarios (it cannot stream)
     smoke: bool = True
 
 
@@ -49,6 +53,8 @@ def load_specs(path: Path) -> list[SystemSpec]:
             raise ValueError(f"{path}: systems[{i}].kind must be one of {', '.join(KINDS)}")
         if spec.kind in ("turnout", "litellm") and not spec.config:
             raise ValueError(f"{path}: systems[{i}] ({spec.name}) needs a config")
+        if spec.body not in MODES:
+            raise ValueError(f"{path}: systems[{i}].body must be one of {', '.join(MODES)}")
         specs.append(spec)
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -69,6 +75,9 @@ class Running:
 
     def cpu_seconds(self) -> float:
         return self.proc.cpu_seconds() if self.proc is not None else 0.0
+
+    def body(self, stream: bool) -> bytes:
+        return request_body(stream, self.spec.body)
 
 
 @dataclass
@@ -96,6 +105,7 @@ class Stack:
         self.values: dict[str, str] = {"MODEL": MODEL, "RUN_DIR": str(run_dir)}
         self.mock: Proc | None = None
         self.redis: Proc | None = None
+        self.otlp: Proc | None = None
 
     def _proc(self, name: str, argv: list[str], *, core: int | None,
               env: dict[str, str] | None = None, cwd: Path = REPO) -> Proc:
@@ -115,11 +125,23 @@ class Stack:
 
     def start_services(self, specs: list[SystemSpec]) -> None:
         needed = {s for spec in specs for s in spec.services}
-        unknown = needed - {"redis"}
+        unknown = needed - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown services: {', '.join(sorted(unknown))}")
         if "redis" in needed:
             self._start_redis()
+        if "otlp" in needed:
+            self._start_otlp()
+
+    def _start_otlp(self) -> None:
+        """A local OTLP/HTTP receiver (bench/otlp_sink.py) on the auxiliary core: the
+        gateway's exporter does its real work, the receiver only counts."""
+        port = free_port()
+        self.otlp = self._proc("otlp", [sys.executable, "-m", "bench.otlp_sink",
+                                        "--port", str(port)], core=self.aux_core)
+        root = f"http://127.0.0.1:{port}"
+        self.otlp.wait_http(root + "/health", 15)
+        self.values["OTLP_ENDPOINT"] = root
 
     def _start_redis(self) -> None:
         exe = shutil.which("redis-server")
@@ -156,6 +178,7 @@ class Stack:
     def _start(self, spec: SystemSpec) -> Running:
         values = dict(self.values)
         headers = {k: _substitute(v, values) for k, v in spec.headers.items()}
+        env = {k: _substitute(v, values) for k, v in spec.env.items()}
         if spec.kind == "direct":
             return Running(spec, self.values["UPSTREAM"] + CHAT_PATH, None, headers)
         port = free_port()
@@ -176,16 +199,24 @@ class Stack:
         elif spec.kind == "turnout":
             # --turnout-src: another checkout's packages shadow the editable install's.
             src = self.turnout_src or REPO
+            if self.turnout_src:
+                env["PYTHONPATH"] = str(src)
             proc = self._proc(spec.name, [sys.executable, "-m", "gateway.cli", "serve",
                                           "--config", str(config), "--port", str(port),
                                           "--workers", "1", "--log-level", "warning"],
-                              core=self.sut_core, cwd=src,
-                              env={"PYTHONPATH": str(src)} if self.turnout_src else None)
+                              core=self.sut_core, cwd=src, env=env)
             proc.wait_http(root + "/healthz", 30)
+        elif spec.kind == "portkey":
+            # Node, one process (its event loop) like the others' one worker; headless: no
+            # console UI. Where to send is per request (systems.yaml: its headers).
+            script = ensure_portkey(self.logs / "install-portkey.log")
+            proc = self._proc(spec.name, ["node", str(script), f"--port={port}", "--headless"],
+                              core=self.sut_core, env=env)
+            proc.wait_http(root + "/", 60)
         else:
             exe = ensure_litellm(self.logs / "install-litellm.log")
             # No network here: use the bundled model cost map instead of fetching it.
-            env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+            env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
             proc = self._proc(spec.name, [str(exe), "--config", str(config), "--host",
                                           "127.0.0.1", "--port", str(port),
                                           "--num_workers", "1"],
@@ -209,20 +240,12 @@ def _redis_ping(port: int) -> bool:
         return False
 
 
-def request_body(stream: bool) -> bytes:
-    body: dict[str, Any] = {"model": MODEL, "max_tokens": 64,
-                            "messages": [{"role": "user", "content": "Say hello."}]}
-    if stream:
-        body["stream"] = True
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
 def check_system(running: Running) -> None:
     """One real request each way, so a misconfigured system fails here, not mid-run."""
     headers = {"content-type": "application/json", **running.headers}
-    for stream in (False, True):
-        req = urllib.request.Request(running.url, data=request_body(stream), headers=headers,
-                                     method="POST")
+    for stream in (False, True)[:1 + running.spec.streams]:
+        req = urllib.request.Request(running.url, data=Numbered(running.body(stream)).next(),
+                                     headers=headers, method="POST")
         with urllib.request.urlopen(req, timeout=30) as resp:
             body = resp.read()
         if resp.status != 200:

@@ -1,6 +1,7 @@
 """The benchmark harness end to end: `python -m bench --smoke` with real processes (mock
-upstream, floor proxy, two Turnouts, redis, wrk), then the JSON it wrote. Structure and
-sanity only: every system answered every request; no speed is asserted."""
+upstream, floor proxy, three Turnouts, redis, an OTLP receiver, wrk), then the JSON it
+wrote. Structure and sanity only: every system answered every request; no speed is
+asserted."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 
 from tests.support.procs import REPO
 
-SYSTEMS = {"direct", "floor", "turnout-min", "turnout-full"}
+SYSTEMS = {"direct", "floor", "turnout-min", "turnout-full", "turnout-everything"}
+PROXIES = SYSTEMS - {"direct"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,7 @@ def test_every_system_ran(smoke: dict[str, Any]) -> None:
     assert all(s["status"] == "ok" and s["error"] is None for s in systems.values())
     assert smoke["meta"]["mode"] == "smoke"
     for sc in smoke["scenarios"]:
-        assert set(sc["results"]) == SYSTEMS, sc["id"]
+        assert set(sc["results"]) == (PROXIES if sc["kind"] == "memory" else SYSTEMS), sc["id"]
         assert all("error" not in r for r in sc["results"].values()), sc["id"]
 
 
@@ -93,9 +95,41 @@ def test_stream_figures(smoke: dict[str, Any]) -> None:
 
 def test_targets_listed(smoke: dict[str, Any]) -> None:
     targets = smoke["targets"]
-    assert {t["system"] for t in targets} == {"turnout-min", "turnout-full"}
+    assert {t["system"] for t in targets} == {"turnout-min", "turnout-full",
+                                              "turnout-everything"}
     for t in targets:
         assert t["value"] is not None and isinstance(t["pass"], bool), t
+
+
+def test_memory_probe(smoke: dict[str, Any]) -> None:
+    (sc,) = _by_kind(smoke, "memory")
+    for name, r in sc["results"].items():
+        assert r["conns"] == sc["conns"] and r["streams"] == sc["streams"], name
+        assert r["rss_base"] > 0 and r["rss_idle_conns"] > 0 and r["rss_streams"] > 0
+        assert isinstance(r["bytes_per_idle_conn"], int)
+        assert isinstance(r["bytes_per_stream"], int)
+
+
+def test_goals_judged(smoke: dict[str, Any]) -> None:
+    """Issue #22's goals for what the smoke ran (no c=16 there: those are n/a)."""
+    rows = {(g["system"], g["goal"]): g for g in smoke["goals"]}
+    assert rows[("turnout-everything", "c=16 ÷ floor")]["pass"] is None
+    added = rows[("turnout-everything", "added P50 at c=1")]
+    assert added["value"] is not None and isinstance(added["pass"], bool)
+    assert added["steal_pct"] is not None
+    coalesced = rows[("turnout-everything", "stream-c2: coalesced gaps")]
+    assert isinstance(coalesced["pass"], bool)
+    assert {s for s, g in rows if g.startswith("memory:")} == PROXIES
+
+
+def test_every_request_of_the_everything_system_missed_the_cache(
+        smoke: dict[str, Any]) -> None:
+    """Its load numbered every prompt afresh (bench/bodies.py), so nothing was a hit: its
+    access log (the run's log file) has no hit."""
+    log = Path(smoke["meta"]["run_dir"]) / "logs" / "turnout-everything.log"
+    lines = [json.loads(ln) for ln in log.read_text().splitlines() if ln.startswith("{")]
+    settled = [ln for ln in lines if "cache_hit" in ln]
+    assert settled and not any(ln["cache_hit"] for ln in settled)
 
 
 def test_systems_file_is_the_source(tmp_path: Path) -> None:
