@@ -331,14 +331,19 @@ class Pipeline:
     async def _relay(stream: UpstreamStream, out: Outcome, reply: Reply,
                      encoder: StreamEncoder) -> None:
         send = reply.send
-        # Tracing notes the answer's id and finish reasons on the way; else nothing per chunk.
-        chunks = stream.chunks() if reply.trace is None else reply.trace.watch(stream.chunks())
-        if reply.assembler is not None:
-            chunks = reply.assembler.watch(chunks)  # a miss to store: assembled whole
+        # Who looks at each chunk on the way, called in the loop (no generator layer each):
+        # tracing notes the answer's id and finish reasons, the cache assembles a miss to
+        # store. Neither: nothing per chunk.
+        trace = reply.trace if reply.trace is not None and reply.trace.recording else None
+        assembler = reply.assembler
         try:
-            async for chunk in chunks:
+            async for chunk in stream.chunks():
                 if chunk.data:
                     out.streamed_chars += text_chars(chunk.data)
+                    if trace is not None:
+                        trace.note(chunk.data)
+                    if assembler is not None:
+                        assembler.feed(chunk)
                 data = encoder.chunk(chunk)
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})

@@ -6,7 +6,6 @@ text the same way. Fed only for requests whose answer is going to be stored.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -126,12 +125,6 @@ class StreamAssembler:
             texted = slot.feed(choice, self._chat)
             if choice.get("finish_reason") is not None:
                 self._finish_apart = not texted
-
-    async def watch(self, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
-        """The chunks, passed on unchanged, each fed to the assembler on the way."""
-        async for chunk in chunks:
-            self.feed(chunk)
-            yield chunk
 
     def entry(self, usage: Usage, cost_nanos: int, created: float) -> Entry | None:
         """The complete response; None when nothing (or too much) was seen."""

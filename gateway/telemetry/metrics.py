@@ -219,6 +219,8 @@ class MeasuredConnection:
         self._inner = inner
         self._duration = metrics.redis_duration
         self._errors = metrics.redis_errors
+        # Each operation's histogram child, looked up once (labels() takes a lock each call).
+        self._timers: dict[str, Any] = {}
         self.subscription = inner.subscription
         self.close = inner.close
 
@@ -245,4 +247,7 @@ class MeasuredConnection:
             self._errors.labels(op).inc()
             raise
         finally:
-            self._duration.labels(op).observe(time.perf_counter() - started)
+            timer = self._timers.get(op)
+            if timer is None:
+                timer = self._timers[op] = self._duration.labels(op)
+            timer.observe(time.perf_counter() - started)

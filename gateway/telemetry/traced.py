@@ -28,14 +28,16 @@ from policies.routing.base import Plan, RouteHints
 from policies.scoreboard import Scoreboard
 
 
+def _sampled_out() -> bool:
+    """The request this runs for is not recorded: its steps run unwrapped, no span."""
+    request = current()
+    return request is not None and not request.recording
+
+
 @contextmanager
 def _step(tracer: Tracer, name: str) -> Iterator[Span]:
     """A span for one step; a refusal (`GatewayError`) marks it failed, with its code.
     Not made current: a step has no child spans, and that saves a context switch."""
-    request = current()
-    if request is not None and not request.recording:  # sampled out: build nothing
-        yield trace.INVALID_SPAN
-        return
     span = tracer.start_span(name)
     try:
         yield span
@@ -56,6 +58,8 @@ class TracedAdmission:
 
     async def admit(self, principal: Principal, req: CanonicalRequest,
                     deployments: Sequence[Deployment]) -> RequestContext:
+        if _sampled_out():
+            return await self._inner.admit(principal, req, deployments)
         with _step(self._tracer, "turnout.admission") as span:
             span.set_attribute("turnout.team", principal.team)
             ctx = await self._inner.admit(principal, req, deployments)
@@ -63,6 +67,8 @@ class TracedAdmission:
             return ctx
 
     async def admit_hit(self, principal: Principal, req: CanonicalRequest) -> RequestContext:
+        if _sampled_out():
+            return await self._inner.admit_hit(principal, req)
         with _step(self._tracer, "turnout.admission") as span:
             span.set_attribute("turnout.team", principal.team)
             return await self._inner.admit_hit(principal, req)
@@ -80,6 +86,8 @@ class TracedCache:
 
     async def lookup(self, principal: Principal, req: CanonicalRequest,
                      headers: RawHeaders) -> CacheTicket | None:
+        if _sampled_out():
+            return await self._inner.lookup(principal, req, headers)
         with _step(self._tracer, "turnout.cache") as span:
             found = await self._inner.lookup(principal, req, headers)
             span.set_attribute("turnout.cache.result",
@@ -97,6 +105,9 @@ class TracedPlanner:
     def plan(self, req: CanonicalRequest, deployments: Sequence[Deployment], hints: RouteHints,
              *, team_slo_ms: float | None = None, team_priority: int = 0,
              shed: bool = True) -> Plan:
+        if _sampled_out():
+            return self._inner.plan(req, deployments, hints, team_slo_ms=team_slo_ms,
+                                    team_priority=team_priority, shed=shed)
         with _step(self._tracer, "turnout.route") as span:  # a shed request: 429 on it
             plan = self._inner.plan(req, deployments, hints, team_slo_ms=team_slo_ms,
                                     team_priority=team_priority, shed=shed)

@@ -17,30 +17,30 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SimpleSpanProcessor,
-    SpanExporter,
 )
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from gateway.accounting.metering import Outcome, RequestContext
-from gateway.canonical import CanonicalRequest, Deployment, Operation, StreamChunk
+from gateway.canonical import CanonicalRequest, Deployment, Operation
 from gateway.config import TracingConfig
 from gateway.dispatch.continuation import read_partial
 from gateway.http.asgi import Scope
 from gateway.store import SettleArgs
 from gateway.telemetry import genai
+from gateway.telemetry.otlp import Envelope, OtlpExport, Sender, Target
+from gateway.telemetry.spans import LeanSpan, Tracer, readable, sampler_from
 from policies.budgets import to_usd
 from policies.keys import Principal
 from policies.routing.base import Plan
@@ -73,63 +73,101 @@ def _env(*names: str) -> str | None:
     return None
 
 
-def build_exporter(cfg: TracingConfig) -> SpanExporter | None:
-    """The configured exporter; the OTLP ones are imported only when used (gRPC is heavy)."""
+def _env_headers(raw: str | None) -> dict[str, str]:
+    """OTEL_EXPORTER_OTLP_HEADERS: `name=value` pairs, comma-separated, URL-encoded."""
+    out = {}
+    for pair in (raw or "").split(","):
+        name, eq, value = pair.partition("=")
+        if eq and name.strip():
+            out[unquote(name.strip()).lower()] = unquote(value.strip())
+    return out
+
+
+def otlp_target(cfg: TracingConfig) -> Target:
+    """Where OTLP/HTTP goes, from the config, else the standard OTEL_EXPORTER_OTLP_*."""
+    url = _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")  # the full URL, used as it is
+    if cfg.endpoint is not None or url is None:
+        base = cfg.endpoint or _env("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
+        # A base URL, as the variable takes; one that names the path already is kept.
+        url = base if base.rstrip("/").endswith("/v1/traces") \
+            else base.rstrip("/") + "/v1/traces"
+    headers = cfg.headers or _env_headers(_env("OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                                               "OTEL_EXPORTER_OTLP_HEADERS"))
+    compression = _env("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION")
+    try:
+        timeout_s = float(_env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                               "OTEL_EXPORTER_OTLP_TIMEOUT") or 10)
+    except ValueError:
+        timeout_s = 10.0
+    return Target(url, headers, compression == "gzip", timeout_s,
+                  _env("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"))
+
+
+def sdk_processor(cfg: TracingConfig) -> SpanProcessor | None:
+    """The exporters that stay the SDK's, behind its processors (our spans are converted
+    for them): the console's and OTLP/gRPC (gRPC is heavy: imported only when used)."""
     kind = cfg.exporter or _env("OTEL_TRACES_EXPORTER") or "otlp"
     if kind == "none":
         return None
     if kind == "console":
-        return ConsoleSpanExporter()
-    protocol = cfg.protocol or _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-                                    "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
-    headers = cfg.headers or None  # None: the exporter reads OTEL_EXPORTER_OTLP_*HEADERS
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
-        return GrpcExporter(endpoint=cfg.endpoint, headers=headers)
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    endpoint = cfg.endpoint
-    if endpoint is not None and not endpoint.rstrip("/").endswith("/v1/traces"):
-        endpoint = endpoint.rstrip("/") + "/v1/traces"  # a base URL, as the env variable takes
-    return OTLPSpanExporter(endpoint=endpoint, headers=headers)
-
-
-def build_provider(cfg: TracingConfig) -> TracerProvider | None:
-    if not cfg.enabled or (_env("OTEL_SDK_DISABLED") or "").lower() == "true":
+        return SimpleSpanProcessor(ConsoleSpanExporter())
+    if _protocol(cfg) != "grpc":
         return None
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter as GrpcExporter,
+    )
+    return BatchSpanProcessor(GrpcExporter(endpoint=cfg.endpoint, headers=cfg.headers or None))
+
+
+def _protocol(cfg: TracingConfig) -> str:
+    return cfg.protocol or _env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                                "OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf"
+
+
+def _resource(cfg: TracingConfig) -> Resource:
     attrs: dict[str, Any] = {}
     if cfg.service_name:
         attrs["service.name"] = cfg.service_name
     elif not _env("OTEL_SERVICE_NAME"):
         attrs["service.name"] = "turnout"
-    # sampler=None: the SDK reads OTEL_TRACES_SAMPLER(_ARG), default parent-based always-on.
-    sampler = ParentBased(TraceIdRatioBased(cfg.sample_ratio)) \
-        if cfg.sample_ratio is not None else None
-    # Shut down (and flushed) by `Tracing.shutdown` with the app, not at interpreter exit.
-    provider = TracerProvider(resource=Resource.create(attrs), sampler=sampler,
-                              shutdown_on_exit=False)
-    exporter = build_exporter(cfg)
-    if exporter is not None:
-        # Batching: span ends only enqueue; export runs on the processor's own thread.
-        processor = SimpleSpanProcessor(exporter) if isinstance(exporter, ConsoleSpanExporter) \
-            else BatchSpanProcessor(exporter)
-        provider.add_span_processor(processor)
-    return provider
+    return Resource.create(attrs)  # with OTEL_RESOURCE_ATTRIBUTES and the SDK's own
 
 
 class Tracing:
-    def __init__(self, cfg: TracingConfig, provider: TracerProvider) -> None:
-        self.provider = provider
-        self.tracer: Tracer = provider.get_tracer("turnout")
+    """Lean spans (`spans.py`), sent over OTLP/HTTP by our own exporter (`otlp.py`) or
+    given, converted, to SDK span processors (the console and gRPC exporters; tests)."""
+
+    def __init__(self, cfg: TracingConfig) -> None:
+        self.resource = _resource(cfg)
+        self.processors: list[SpanProcessor] = []
+        self.export: OtlpExport | None = None
+        kind = cfg.exporter or _env("OTEL_TRACES_EXPORTER") or "otlp"
+        if kind == "otlp" and _protocol(cfg) != "grpc":
+            self.export = OtlpExport(Sender(otlp_target(cfg), Envelope.of(self.resource)))
+        processor = sdk_processor(cfg)
+        if processor is not None:
+            self.processors.append(processor)
+        parent_based, ratio = sampler_from(cfg.sample_ratio)
+        self.tracer = Tracer(self._ended, parent_based=parent_based, ratio=ratio)
         self.capture_teams = frozenset(cfg.capture_content)
 
     @classmethod
     def build(cls, cfg: TracingConfig) -> Tracing | None:
         """Tracing as configured; None when it is off."""
-        provider = build_provider(cfg)
-        return cls(cfg, provider) if provider is not None else None
+        if not cfg.enabled or (_env("OTEL_SDK_DISABLED") or "").lower() == "true":
+            return None
+        return cls(cfg)
+
+    def add_span_processor(self, processor: SpanProcessor) -> None:
+        self.processors.append(processor)
+
+    def _ended(self, span: LeanSpan) -> None:
+        if self.export is not None:
+            self.export(span)
+        if self.processors:
+            done = readable(span, self.resource)
+            for processor in self.processors:
+                processor.on_end(done)
 
     def begin(self, scope: Scope, op: Operation) -> RequestTrace:
         return RequestTrace(self, scope, op)
@@ -140,10 +178,15 @@ class Tracing:
         it never holds up the process's exit) and is waited for `timeout_s` at most."""
         loop = asyncio.get_running_loop()
         done = asyncio.Event()
+        if self.export is not None:
+            self.export.flush()  # on the loop: the batch it owns goes to the sender
 
         def flush() -> None:
             try:
-                self.provider.shutdown()
+                if self.export is not None:
+                    self.export.sender.close(timeout_s)
+                for processor in self.processors:
+                    processor.shutdown()
             finally:
                 with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
                     loop.call_soon_threadsafe(done.set)
@@ -213,17 +256,16 @@ class RequestTrace:
             return {"gen_ai.operation.name": genai.OPERATION[self.op]}
         return genai.request_attributes(self.req, dep.target.upstream_model)
 
-    async def watch(self, chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[StreamChunk]:
-        """The stream's chunks, noting its id, model and finish reasons on the way."""
-        async for chunk in chunks:
-            data = chunk.data
-            if data:
-                if self.first is None:
-                    self.first = data
-                self.reasons += genai.finish_reasons(data)
-                if self.seen is not None:
-                    self.seen.append(data)
-            yield chunk
+    def note(self, data: bytes) -> None:
+        """A streamed chunk (the pipeline calls this for each while recording): its id and
+        model (the first), finish reasons, and the text when capturing content."""
+        if self.first is None:
+            self.first = data
+        # Most chunks carry `"finish_reason":null` alone: no scan for those.
+        if data.count(b'"finish_reason"') != data.count(b'"finish_reason":null'):
+            self.reasons += genai.finish_reasons(data)
+        if self.seen is not None:
+            self.seen.append(data)
 
     def won(self, span: Span) -> None:
         """An attempt succeeded: its span ends with the request, carrying the answer."""

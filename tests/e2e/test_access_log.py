@@ -98,7 +98,7 @@ async def test_lines_carry_the_trace_id_when_tracing(sim: ThreadedSim) -> None:
         tracing = gw.services.telemetry.tracing
         assert tracing is not None
         spans = InMemorySpanExporter()
-        tracing.provider.add_span_processor(SimpleSpanProcessor(spans))
+        tracing.add_span_processor(SimpleSpanProcessor(spans))
         with captured(LOGGER) as lines:
             await traffic(gw.client)
     servers = [s for s in spans.get_finished_spans() if s.parent is None]

@@ -52,7 +52,7 @@ def record(gw: InProcess) -> InMemorySpanExporter:
     tracing = gw.services.telemetry.tracing
     assert tracing is not None
     exporter = InMemorySpanExporter()
-    tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.add_span_processor(SimpleSpanProcessor(exporter))
     return exporter
 
 
