@@ -7,8 +7,9 @@ Protocol, per cache key:
 - The leader's lock is renewed every lock_ttl/3 while it works (one pipelined round trip
   per process for all its locks), so a long generation keeps it, and a leader that dies
   loses it within lock_ttl.
-- The leader ends with one round trip: the entry stored and its lock dropped together
-  (`cache_fill`), or, when it failed, only the lock dropped (`cache_unlock`).
+- The leader ends with one round trip: the entry stored and its lock dropped together,
+  or, when it failed, only the lock dropped (`cache_finish`: the misses that ended in
+  one loop turn together).
 - Everyone else polls the same lookup with a jittered backoff (5 ms, doubling to 50 ms),
   until the entry is there, or the lock is gone (the leader failed, or died and its lock
   expired): then the lookup takes the lock for one of them, which leads from there.
@@ -32,10 +33,11 @@ import contextlib
 import itertools
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.cache.entry import Entry
-from gateway.store import Store, StoreUnavailable, layout
+from gateway.store import CacheWrite, Store, StoreUnavailable, layout
 
 _POLL_FIRST_S = 0.005
 _POLL_MAX_S = 0.05
@@ -53,6 +55,14 @@ class Flight:
         self.lock = layout.cache_lock(key)
         self.token = b""
         self.until = 0.0  # leading: renewed until then (loop time), at the most
+
+    def write(self, value: bytes | None, ttl_s: float) -> CacheWrite:
+        """The leader's end in the store: `value` stored (None: none), the lock dropped."""
+        return CacheWrite(self.key, self.lock, self.token, value, ttl_s)
+
+
+# A miss that ended: its flight when it led one, its answer (None: it failed), its write.
+Ended = tuple[Flight | None, Entry | None, CacheWrite]
 
 
 @dataclass(slots=True)
@@ -117,22 +127,20 @@ class Coalescer:
         self._hold(flight)
         return Found(None, flight, polled)
 
-    async def finish(self, flight: Flight, entry: Entry | None, value: bytes | None,
-                     ttl_s: float) -> None:
-        """The leader is done: `entry` is its answer (None: it failed), `value` what to
-        store (None: nothing). Waiters here get the answer at once; the store gets the
-        value and loses the lock in one round trip."""
-        if entry is not None and not flight.done.done():
-            flight.done.set_result(entry)
+    async def finish(self, ended: Sequence[Ended]) -> None:
+        """Misses are done: waiters here get each answer at once; the store gets the
+        values and loses the locks in one round trip."""
+        for flight, entry, _ in ended:
+            if flight is not None and entry is not None and not flight.done.done():
+                flight.done.set_result(entry)
         try:
-            if value is not None:
-                await self.store.cache_fill(flight.key, value, ttl_s, flight.lock, flight.token)
-            else:
-                await self.store.cache_unlock(flight.lock, flight.token)
+            await self.store.cache_finish([write for _, _, write in ended])
         finally:
             # Kept until here so requests arriving meanwhile get the answer from memory.
-            self._held.pop(flight.lock, None)
-            self._land(flight, entry)
+            for flight, entry, _ in ended:
+                if flight is not None:
+                    self._held.pop(flight.lock, None)
+                    self._land(flight, entry)
 
     def _land(self, flight: Flight, entry: Entry | None) -> None:
         if self._flights.get(flight.key) is flight:

@@ -3,10 +3,12 @@ admitted (or `abandon` when refused), `finish` at settlement.
 
 A request the config does not cache costs one dict lookup (`Policies.get`): no hashing,
 no store round trip. One it caches costs one round trip to look up (which also takes the
-coalescing lock on a miss) and, on a miss, one more after the answer has gone out, to
-store it. While the store is unreachable the cache steps aside: requests are served
-uncached (`x-turnout-cache: bypass`), the outage is logged once and counted, and the store
-is not asked again for `_RETRY_S`, so an outage does not cost every request a timeout.
+coalescing lock on a miss) and, on a miss, a share of one more after the answer has gone
+out: the misses that end in one loop turn are stored together (one task, one pipelined
+round trip), beside that turn's settlements. While the store is unreachable the cache
+steps aside: requests are served uncached (`x-turnout-cache: bypass`), the outage is
+logged once and counted, and the store is not asked again for `_RETRY_S`, so an outage
+does not cost every request a timeout.
 """
 
 from __future__ import annotations
@@ -14,19 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Protocol
 
 from gateway.accounting.metering import Outcome, RequestContext, measured
 from gateway.cache.assemble import StreamAssembler
-from gateway.cache.coalesce import Coalescer, Flight
+from gateway.cache.coalesce import Coalescer, Ended, Flight
 from gateway.cache.entry import Entry
 from gateway.cache.policy import Policies, RawHeaders, deterministic, directives
 from gateway.cache.request_key import entry_key, namespace
 from gateway.canonical import CanonicalRequest
 from gateway.config import Config
-from gateway.store import Store, StoreUnavailable, layout
+from gateway.store import CacheWrite, Store, StoreUnavailable, layout
 from policies.keys import Principal
 from policies.pricing import cost_nanos
 
@@ -89,7 +90,8 @@ class ResponseCache:
         self.coalescer = Coalescer(store, cfg.cache.lock_ttl_s, self.wait_s)
         self._down_until = 0.0
         self._outage = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._ended: list[Ended] = []  # misses done, their writes not yet sent
+        self._writer: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, store: Store, cfg: Config) -> ResponseCache | None:
@@ -162,7 +164,7 @@ class ResponseCache:
     def abandon(self, ct: CacheTicket) -> None:
         """Never admitted (refused, or failed before): let a waiter lead instead."""
         if ct.flight is not None:
-            self._spawn(self.coalescer.finish(ct.flight, None, None, 0))
+            self._end(ct.flight, None, ct.flight.write(None, 0))
 
     def finish(self, ct: CacheTicket, ctx: RequestContext, out: Outcome) -> None:
         """At settlement: store a successful miss's answer (errors and cut streams never),
@@ -178,24 +180,27 @@ class ResponseCache:
             self.counters.too_large += 1
             value = None
         if ct.flight is not None:
-            self._spawn(self.coalescer.finish(ct.flight, entry, value, ct.ttl_s))
+            self._end(ct.flight, entry, ct.flight.write(value, ct.ttl_s))
         elif value is not None:
-            self._spawn(self.store.cache_fill(ct.key, value, ct.ttl_s,
-                                              layout.cache_lock(ct.key), b""))
+            self._end(None, entry, CacheWrite(ct.key, layout.cache_lock(ct.key), b"", value,
+                                              ct.ttl_s))
         self.counters.stored += value is not None
 
-    def _spawn(self, write: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._guarded(write))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _end(self, flight: Flight | None, entry: Entry | None, write: CacheWrite) -> None:
+        """Queue a write; one task sends what queued meanwhile (as the meter settles)."""
+        self._ended.append((flight, entry, write))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write())
 
-    async def _guarded(self, write: Coroutine[Any, Any, None]) -> None:
-        try:
-            await write
-        except StoreUnavailable as err:
-            self._unavailable(err)  # not stored: the next request is a miss, no more
-        except Exception:
-            log.exception("cache write failed")
+    async def _write(self) -> None:
+        while self._ended:
+            ended, self._ended = self._ended, []
+            try:
+                await self.coalescer.finish(ended)
+            except StoreUnavailable as err:
+                self._unavailable(err)  # not stored: the next request is a miss, no more
+            except Exception:
+                log.exception("cache write failed")
 
     def _unavailable(self, err: StoreUnavailable) -> None:
         self.counters.store_errors += 1
@@ -212,8 +217,8 @@ class ResponseCache:
     async def close(self, timeout_s: float = 5.0) -> None:
         """Let pending writes land (a leader's waiters elsewhere are waiting for them)."""
         self.coalescer.close()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+        if self._writer is not None:
+            await asyncio.wait([self._writer], timeout=timeout_s)
 
 
 def _answer(ct: CacheTicket, ctx: RequestContext, out: Outcome) -> Entry | None:

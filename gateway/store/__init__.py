@@ -6,6 +6,7 @@ from gateway.store.base import (
     ALL,
     AdmitArgs,
     AdmitResult,
+    CacheWrite,
     LeaseArgs,
     LeaseGrant,
     Release,
@@ -25,5 +26,6 @@ def open_store(redis: RedisConnection | None, *, stream_maxlen: int = 1_000_000)
     return MemoryStore(stream_maxlen=min(stream_maxlen, 100_000))
 
 
-__all__ = ["ALL", "AdmitArgs", "AdmitResult", "LeaseArgs", "LeaseGrant", "MemoryStore",
-           "RedisStore", "Release", "SettleArgs", "Store", "StoreUnavailable", "open_store"]
+__all__ = ["ALL", "AdmitArgs", "AdmitResult", "CacheWrite", "LeaseArgs", "LeaseGrant",
+           "MemoryStore", "RedisStore", "Release", "SettleArgs", "Store", "StoreUnavailable",
+           "open_store"]

@@ -111,6 +111,18 @@ class Release:
     reservation: str
 
 
+@dataclass(frozen=True, slots=True)
+class CacheWrite:
+    """The end of a response-cache miss: store `value` (None: nothing to store) under
+    `key` for `ttl_s`, and release `lock` if `token` still holds it (b"": none held)."""
+
+    key: str
+    lock: str
+    token: bytes
+    value: bytes | None
+    ttl_s: float
+
+
 @dataclass(slots=True)
 class LeaseArgs:
     """A lease's renewal (policies/leases.py): give back `returning`, the units it still
@@ -188,13 +200,8 @@ class Store(BatchQueue, Protocol):
         round trip. The lock is tried only on a miss and when `lock_ttl_s` > 0."""
         ...
 
-    async def cache_fill(self, key: str, value: bytes, ttl_s: float, lock: str,
-                         token: bytes) -> None:
-        """Store an entry and release `lock` if `token` still holds it (b"": none held)."""
-        ...
-
-    async def cache_unlock(self, lock: str, token: bytes) -> None:
-        """Release `lock` if `token` still holds it."""
+    async def cache_finish(self, writes: Sequence[CacheWrite]) -> None:
+        """Each write, in one round trip (the misses that ended in one loop turn)."""
         ...
 
     async def cache_renew(self, locks: Sequence[tuple[str, bytes]], ttl_s: float) -> None:

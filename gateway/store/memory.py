@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.store import layout, memory_ledger
-from gateway.store.base import AdmitArgs, AdmitResult, Release, SettleArgs
+from gateway.store.base import AdmitArgs, AdmitResult, CacheWrite, Release, SettleArgs
 from gateway.store.memory_batch import MemoryBatchQueue
 from gateway.store.memory_ledger import LedgerState
 
@@ -97,15 +97,12 @@ class MemoryStore(MemoryBatchQueue):
         self._data[lock] = (token, self._expiry(lock_ttl_s))
         return None, True
 
-    async def cache_fill(self, key: str, value: bytes, ttl_s: float, lock: str,
-                         token: bytes) -> None:
-        self._data[key] = (value, self._expiry(ttl_s))
-        if token:
-            await self.cache_unlock(lock, token)
-
-    async def cache_unlock(self, lock: str, token: bytes) -> None:
-        if self._live(lock) == token:
-            del self._data[lock]
+    async def cache_finish(self, writes: Sequence[CacheWrite]) -> None:
+        for w in writes:
+            if w.value is not None:
+                self._data[w.key] = (w.value, self._expiry(w.ttl_s))
+            if w.token and self._live(w.lock) == w.token:
+                del self._data[w.lock]
 
     async def cache_renew(self, locks: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
         for lock, token in locks:

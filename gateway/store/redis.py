@@ -16,6 +16,7 @@ from gateway.store.base import (
     SETTLED_RETENTION_MS,
     AdmitArgs,
     AdmitResult,
+    CacheWrite,
     LeaseArgs,
     LeaseGrant,
     Release,
@@ -197,12 +198,13 @@ class RedisStore(RedisBatchQueue):
         out = await self._redis.evalsha(self._cache_lookup, (key, lock), (token, lock_ms))
         return (out, False) if isinstance(out, bytes) else (None, out == 1)
 
-    async def cache_fill(self, key: str, value: bytes, ttl_s: float, lock: str,
-                         token: bytes) -> None:
-        await self._redis.evalsha(self._cache_fill, (key, lock), (value, _ms(ttl_s) or 1, token))
-
-    async def cache_unlock(self, lock: str, token: bytes) -> None:
-        await self._redis.evalsha(self._cache_lock, (lock,), (token, 0))
+    async def cache_finish(self, writes: Sequence[CacheWrite]) -> None:
+        if writes:  # one write, one round trip; each script atomic on its own
+            await self._redis.execute_many([
+                ScriptCall(self._cache_fill, (w.key, w.lock),
+                           (w.value, _ms(w.ttl_s) or 1, w.token)) if w.value is not None
+                else ScriptCall(self._cache_lock, (w.lock,), (w.token, 0))  # 0: unlock
+                for w in writes])
 
     async def cache_renew(self, locks: Sequence[tuple[str, bytes]], ttl_s: float) -> None:
         ttl_ms = _ms(ttl_s) or 1

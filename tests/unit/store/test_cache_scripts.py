@@ -13,7 +13,7 @@ import pytest
 from gateway.cache.coalesce import Coalescer, Found
 from gateway.cache.entry import Entry
 from gateway.canonical import Usage
-from gateway.store import Store, layout
+from gateway.store import CacheWrite, Store, layout
 from tests.support.stores import STORES, store_of
 
 ENTRY = Entry(b'{"id":"x"}', Usage(1, 2), 3, 4.0)
@@ -37,7 +37,7 @@ async def test_one_lookup_takes_the_lock_and_fill_releases_it(store: Store) -> N
     assert [locked for _, locked in got].count(True) == 1
     assert {entry for entry, _ in got} == {None}
     owner = b"t%d" % [locked for _, locked in got].index(True)
-    await store.cache_fill(k, b"v", 5, lock, owner)
+    await store.cache_finish([CacheWrite(k, lock, owner, b"v", 5)])
     assert await store.cache_lookup(k, lock, b"other", 5) == (b"v", False)
     assert await store.get(lock) is None
 
@@ -46,16 +46,16 @@ async def test_only_the_holder_releases_or_renews(store: Store) -> None:
     k = new_key()
     lock = layout.cache_lock(k)
     assert await store.cache_lookup(k, lock, b"mine", 0.3) == (None, True)
-    await store.cache_unlock(lock, b"theirs")
+    await store.cache_finish([CacheWrite(k, lock, b"theirs", None, 0)])
     await store.cache_renew([(lock, b"theirs")], 60)
     assert await store.cache_lookup(k, lock, b"theirs", 5) == (None, False)
     await store.cache_renew([(lock, b"mine")], 60)
     await asyncio.sleep(0.4)  # past the first TTL: the renewal kept it
     assert await store.cache_lookup(k, lock, b"theirs", 5) == (None, False)
-    await store.cache_unlock(lock, b"mine")
+    await store.cache_finish([CacheWrite(k, lock, b"mine", None, 0)])
     assert await store.cache_lookup(k, lock, b"theirs", 5) == (None, True)
     # A fill by someone who no longer holds the lock stores, and leaves the holder's lock.
-    await store.cache_fill(k, b"v", 5, lock, b"mine")
+    await store.cache_finish([CacheWrite(k, lock, b"mine", b"v", 5)])
     assert await store.get(lock) == b"theirs"
     assert await store.cache_lookup(k, lock, b"x", 0) == (b"v", False)
 
@@ -68,7 +68,7 @@ async def test_a_lookup_without_a_lock_ttl_never_locks(store: Store) -> None:
 
 async def test_entries_expire(store: Store) -> None:
     k = new_key()
-    await store.cache_fill(k, b"v", 0.1, layout.cache_lock(k), b"")
+    await store.cache_finish([CacheWrite(k, layout.cache_lock(k), b"", b"v", 0.1)])
     assert (await store.cache_lookup(k, layout.cache_lock(k), b"t", 0))[0] == b"v"
     await asyncio.sleep(0.2)  # waiting out the TTL is the behaviour under test
     assert (await store.cache_lookup(k, layout.cache_lock(k), b"t", 0))[0] is None
@@ -109,7 +109,7 @@ async def test_concurrent_misses_in_two_processes_make_one_leader(store: Store) 
     leader = lead.result()
     assert leader.flight is not None and leader.entry is None
     owner = a if finds.index(lead) < 20 else b
-    await owner.finish(leader.flight, ENTRY, ENTRY.encode(), 5)
+    await owner.finish([(leader.flight, ENTRY, leader.flight.write(ENTRY.encode(), 5))])
     rest = await asyncio.gather(*(t for t in finds if t is not lead))
     assert len(rest) == 39 and all(f.entry == ENTRY and f.waited for f in rest)
     assert leaders(rest) == []
@@ -128,13 +128,15 @@ async def test_a_failed_leader_hands_over_to_exactly_one_waiter(store: Store) ->
     waiting = [asyncio.create_task(c.find(k, deadline)) for c in (a, b) for _ in range(10)]
     await counting.reached.wait()
     assert not any(t.done() for t in waiting)
-    await a.finish(first.flight, None, None, 0)  # the upstream call failed
+    # The upstream call failed:
+    await a.finish([(first.flight, None, first.flight.write(None, 0))])
     done, pending = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     [second] = done
     successor = second.result()
     assert successor.flight is not None and successor.waited
     owner = a if waiting.index(second) < 10 else b
-    await owner.finish(successor.flight, ENTRY, ENTRY.encode(), 5)
+    ended = successor.flight
+    await owner.finish([(ended, ENTRY, ended.write(ENTRY.encode(), 5))])
     rest = await asyncio.gather(*pending)
     assert len(rest) == 19 and all(f.entry == ENTRY for f in rest) and leaders(rest) == []
     a.close()
@@ -159,7 +161,7 @@ async def test_a_live_leader_keeps_its_lock_past_the_ttl(store: Store) -> None:
     waiter = asyncio.create_task(b.find(k, deadline))
     await asyncio.sleep(1.0)  # over three lock TTLs: renewed every 0.1 s
     assert not waiter.done()
-    await a.finish(first.flight, ENTRY, ENTRY.encode(), 5)
+    await a.finish([(first.flight, ENTRY, first.flight.write(ENTRY.encode(), 5))])
     assert (await waiter).entry == ENTRY
     a.close()
     b.close()

@@ -13,7 +13,7 @@ import hiredis
 import pytest
 import redis
 
-from gateway.store import AdmitArgs, StoreUnavailable, layout
+from gateway.store import AdmitArgs, CacheWrite, StoreUnavailable, layout
 from gateway.wire.base import Script, ScriptCall, StableKeys
 from gateway.wire.redis_url import parse_url
 from gateway.wire.resp import NoScriptError, RespClient, RespError, _script_command
@@ -362,7 +362,7 @@ async def test_store_methods_return_types(server: RedisServer,
     await store.cache_renew([(k + "c:lock", b"t")], 5.0)
     await store.cache_renew([], 5.0)
     await store.settle_many([])
-    await store.cache_fill(k + "c", b"body", 60.0, k + "c:lock", b"t")
+    await store.cache_finish([CacheWrite(k + "c", k + "c:lock", b"t", b"body", 60.0)])
     assert await store.cache_lookup(k + "c", k + "c:lock", b"t", 5.0) == (b"body", False)
     assert await store.ping() is True
     await store.close()
