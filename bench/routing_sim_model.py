@@ -201,6 +201,7 @@ class Replica(_Server):
         self.running = 0
         self.prefix_hits = 0
         self.prefix_queries = 0
+        self.completed = 0  # vLLM's request_success_total
 
     def submit(self, att: Attempt) -> None:
         if self.running < self.profile.max_num_seqs and not self.queue:
@@ -233,6 +234,7 @@ class Replica(_Server):
     def _finish(self, att: Attempt) -> None:
         if att.done:  # cancelled: its slot was already released
             return
+        self.completed += 1
         self._release()
         self._sink.finished(att)
 
@@ -249,8 +251,8 @@ class Replica(_Server):
             # Slot occupancy stands in for KV usage: the model has no KV memory of its own.
             kv_usage=self.running / self.profile.max_num_seqs,
             prefix_hit_rate=self.prefix_hits / self.prefix_queries if self.prefix_queries
-            else None, now=now)
-        stats.pool.healthy = True
+            else None, now=now, completed=float(self.completed))
+        stats.record_health(True, now)
 
 
 class Provider(_Server):

@@ -264,7 +264,8 @@ class Services:
         for pool in self.config.pools:
             simulated = registry.simulated.get(pool.name)
             spec = PoolSpec(pool.name, tuple(simulated or pool.endpoints), pool.resolver,
-                            pool.dns_interval_s, pool.probe_interval_s, pool.scrape_interval_s)
+                            pool.dns_interval_s, pool.probe_interval_s, pool.scrape_interval_s,
+                            max_num_seqs=pool.max_num_seqs)
             monitor = self._monitor(spec, registry, board)
             if any(e.startswith("dns://") for e in spec.endpoints):
                 await monitor.refresh_members()

@@ -50,6 +50,16 @@ class WindowedQuantiles:
         while samples and samples[-1][0] > t:
             self._forget(samples.pop()[1])
 
+    def drop_before(self, t: float) -> None:
+        """Forget the samples added before `t` (a past that no longer applies)."""
+        samples = self._samples
+        while samples and samples[0][0] < t:
+            self._forget(samples.popleft()[1])
+
+    def first_above(self, value: float) -> float | None:
+        """When the oldest sample over `value` was added (None: none is); O(samples)."""
+        return next((t for t, v in self._samples if v > value), None)
+
     def count(self, now: float) -> int:
         self._prune(now)
         return len(self._samples)
@@ -112,3 +122,116 @@ class DecayingRate:
 
     def get(self, now: float) -> float:
         return self.value * math.exp(-max(0.0, now - self._stamp) / self.decay_s)
+
+
+class DecayingMean:
+    """A time-weighted mean: each sample weighs exp(-age / decay_s), so the mean follows
+    the recent level without a window to keep. `weight` is about how many recent samples
+    it rests on."""
+
+    __slots__ = ("_stamp", "_sum", "decay_s", "weight")
+
+    def __init__(self, decay_s: float = 30.0) -> None:
+        self.decay_s = decay_s
+        self.weight = 0.0
+        self._sum = 0.0
+        self._stamp = 0.0
+
+    def add(self, value: float, now: float, weight: float = 1.0) -> None:
+        w = math.exp(-max(0.0, now - self._stamp) / self.decay_s)
+        self.weight = self.weight * w + weight
+        self._sum = self._sum * w + value * weight
+        self._stamp = now
+
+    def get(self) -> float | None:
+        return self._sum / self.weight if self.weight > 0 else None
+
+
+class PrefillFit:
+    """Time to first token against prompt length: a least-squares line over recent
+    samples (each weighs exp(-age / decay_s)), and each size bucket's mean prompt length.
+    The slope is the replica's prefill time per prompt token, learned across every size
+    it served, so a size it has barely served can be judged from the sizes it has."""
+
+    __slots__ = ("_buckets", "_stamp", "_w", "_x", "_xx", "_xy", "_y", "decay_s")
+
+    MIN_WEIGHT = 5.0  # fewer samples than this are no line
+    MIN_SPREAD = 64.0  # tokens: prompts all about one size give no slope
+
+    def __init__(self, buckets: int, decay_s: float = 60.0) -> None:
+        self.decay_s = decay_s
+        # Per bucket: weight, weighted tokens, when last added to. A bucket's mean is the
+        # same whenever both sums decay alike, so each decays only when it is added to.
+        self._buckets = [[0.0, 0.0, 0.0] for _ in range(buckets)]
+        self.reset()
+
+    def reset(self) -> None:
+        self._w = self._x = self._y = self._xx = self._xy = 0.0
+        self._stamp = 0.0
+        for b in self._buckets:
+            b[0] = b[1] = b[2] = 0.0
+
+    def add(self, tokens: int, seconds: float, bucket: int, now: float) -> None:
+        d = math.exp(min(0.0, self._stamp - now) / self.decay_s)
+        self._stamp = now
+        x = float(tokens)
+        self._w = self._w * d + 1.0
+        self._x = self._x * d + x
+        self._y = self._y * d + seconds
+        self._xx = self._xx * d + x * x
+        self._xy = self._xy * d + x * seconds
+        b = self._buckets[bucket]
+        d = math.exp(min(0.0, b[2] - now) / self.decay_s)
+        b[0] = b[0] * d + 1.0
+        b[1] = b[1] * d + x
+        b[2] = now
+
+    def slope(self) -> float | None:
+        """Seconds per prompt token (never negative); None without enough spread."""
+        w = self._w
+        if w < self.MIN_WEIGHT:
+            return None
+        mx = self._x / w
+        var = self._xx / w - mx * mx
+        if var < self.MIN_SPREAD * self.MIN_SPREAD:
+            return None
+        return max(0.0, (self._xy / w - mx * self._y / w) / var)
+
+    def mean_tokens(self, bucket: int) -> float | None:
+        w, x, _ = self._buckets[bucket]
+        return x / w if w > 1e-9 else None
+
+
+class SlotRate:
+    """How fast a replica frees its slots: completions per second per busy slot, from its
+    own completion counter and running count between two scrapes (vLLM's
+    `request_success_total` and `num_requests_running`), decayed over `decay_s`. Counts
+    every client's requests, not only ours. Its inverse is the mean time a request holds
+    a slot."""
+
+    __slots__ = ("_busy", "_count", "_done", "_running", "_stamp", "decay_s")
+
+    MIN_COMPLETIONS = 3.0  # fewer than this are no rate
+
+    def __init__(self, decay_s: float = 10.0) -> None:
+        self.decay_s = decay_s
+        self._count: float | None = None
+        self._running = 0.0
+        self._stamp = 0.0
+        self._done = 0.0
+        self._busy = 0.0  # slot-seconds
+
+    def scrape(self, completed_total: float | None, running: float, now: float) -> None:
+        prev, dt = self._count, now - self._stamp
+        # (A count lower than the last: the replica restarted; start over from it.)
+        if (completed_total is not None and prev is not None and dt > 0
+                and completed_total >= prev):
+            w = math.exp(-dt / self.decay_s)
+            self._done = self._done * w + (completed_total - prev)
+            self._busy = self._busy * w + (running + self._running) / 2 * dt
+        self._count, self._running, self._stamp = completed_total, running, now
+
+    def per_slot(self) -> float | None:
+        if self._done < self.MIN_COMPLETIONS or self._busy <= 0:
+            return None
+        return self._done / self._busy

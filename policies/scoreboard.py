@@ -11,11 +11,19 @@ from __future__ import annotations
 import bisect
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.canonical import Deployment
-from policies.estimators import DecayingRate, PeakEWMA, WindowedQuantiles
+from policies.estimators import (
+    DecayingMean,
+    DecayingRate,
+    PeakEWMA,
+    PrefillFit,
+    SlotRate,
+    WindowedQuantiles,
+)
 
 # Prompt-token buckets for TTFT: prefill time grows with the prompt, so a replica is judged
 # by prompts of about the request's size (a bucket spans at most a doubling).
@@ -35,6 +43,8 @@ STALL_MIN_S = 1.0
 STALL_FACTOR = 4.0
 STALL_NO_DATA_S = 5.0  # the threshold while too few first bytes were seen to judge by
 _MIN_SAMPLES = 5
+RECENT = 3  # the last attempts' results kept, for recovery checks (routing/slo_cost.py)
+_NEVER = (math.inf, math.inf)
 
 
 @dataclass(slots=True)
@@ -46,15 +56,25 @@ class PoolTelemetry:
     kv_usage: float = 0.0
     prefix_hit_rate: float | None = None
     in_flight_at_scrape: int = 0  # ours, so the queue can be extrapolated between scrapes
-    # Concurrent sequences the replica runs at most (vLLM's max_num_seqs): configured, or
-    # learned as the most it ran while requests still waited. None: not known yet.
+    # Concurrent sequences the replica runs at most (vLLM's max_num_seqs): the pool's
+    # configured `max_num_seqs` until a scrape shows a queue, then learned as the most it
+    # ran while requests waited (a replica short of KV memory runs fewer than configured).
+    # None: not known yet.
     capacity: float | None = None
+    capacity_learned: bool = False
+    # How fast it frees slots (its completion counter against its running count): the
+    # pace of the queue ahead of a request when every slot is busy.
+    slots: SlotRate = field(default_factory=SlotRate)
     scraped_at: float | None = None
     # Since when scrapes have shown no queue (inf while the last one shows one): a TTFT
     # from an attempt started before then may include queue wait.
     calm_since: float = 0.0
     stale: bool = True  # the last scrape failed or is too old: don't trust the numbers
     healthy: bool | None = None  # last `/health` probe; None before the first
+    # Incidents (a failing probe, scrapes failing after they worked): the last moment it
+    # was seen fine before the current one began; None while it is fine.
+    fine_at: float = 0.0
+    trouble_from: float | None = None
 
 
 @dataclass(slots=True)
@@ -82,6 +102,17 @@ class DeploymentStats:
     last_error: str | None = None
     last_error_at: float | None = None
     pool: PoolTelemetry = field(default_factory=PoolTelemetry)
+    # Of unqueued attempts: prefill time per prompt token (for sizes it has barely served)
+    # and how long one holds a slot (when the replica's own completion count is unknown).
+    prefill: PrefillFit = field(default_factory=lambda: PrefillFit(len(SIZE_EDGES) + 1))
+    hold: DecayingMean = field(default_factory=DecayingMean)
+    # (start, seconds to the first byte the client could see; inf: failed) of the last
+    # attempts, oldest first: the evidence that a deployment shunned in an incident is
+    # fine again.
+    recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=RECENT))
+    # Attempts started in this span (the last incident) are no evidence of what the
+    # deployment does now: it was down, and what they saw was the outage.
+    incident: tuple[float, float] = _NEVER
 
     def stalled(self, now: float) -> bool:
         """Whether an attempt has waited for its first byte far longer than usual."""
@@ -112,11 +143,28 @@ class DeploymentStats:
         ahead = p.running + p.waiting + sent_since - p.capacity
         return ahead if ahead >= 0 else None
 
+    def slot_rate(self) -> float | None:
+        """Requests a busy slot completes per second: the replica's own count, else the
+        inverse of how long our unqueued attempts held one; None: nothing to go on."""
+        rate = self.pool.slots.per_slot()
+        if rate is not None:
+            return rate
+        hold = self.hold.get()
+        return 1 / hold if hold else None
+
+    def evidence(self, started: float) -> bool:
+        """Whether an attempt started then says anything about the deployment now."""
+        lo, hi = self.incident
+        return not lo <= started < hi
+
     def record_scrape(self, *, waiting: float, running: float, kv_usage: float,
-                      prefix_hit_rate: float | None, now: float) -> None:
+                      prefix_hit_rate: float | None, now: float,
+                      completed: float | None = None) -> None:
+        """`completed`: the replica's count of finished requests, if it reports one."""
         p = self.pool
         p.waiting, p.running, p.kv_usage = waiting, running, kv_usage
         p.prefix_hit_rate = prefix_hit_rate
+        p.slots.scrape(completed, running, now)
         if waiting > 0:
             if p.calm_since != math.inf and p.scraped_at is not None:
                 # A queue formed since the last scrape: the TTFTs of the attempts it
@@ -124,13 +172,57 @@ class DeploymentStats:
                 for window in self.ttft_by_size:
                     window.drop_after(p.scraped_at)
             p.calm_since = math.inf
-            if running > (p.capacity or 0):
-                p.capacity = running
+            if running > 0 and (not p.capacity_learned or running > (p.capacity or 0)):
+                p.capacity, p.capacity_learned = running, True
         elif p.calm_since == math.inf:
             p.calm_since = now
         p.in_flight_at_scrape = self.in_flight
         p.scraped_at = now
         p.stale = False
+        self._fine(now)
+
+    def scrape_failed(self) -> None:
+        p = self.pool
+        p.stale = True
+        if p.scraped_at is not None:  # it answered scrapes before: something is wrong
+            self._trouble()
+
+    def record_health(self, healthy: bool, now: float) -> None:
+        self.pool.healthy = healthy
+        if healthy:
+            self._fine(now)
+        else:
+            self._trouble()
+
+    def _trouble(self) -> None:
+        p = self.pool
+        if p.trouble_from is None:
+            p.trouble_from = p.fine_at
+
+    def _fine(self, now: float) -> None:
+        """Probes and scrapes find it fine (both, where it answers both): an incident is
+        over. What was measured during it described the outage, not the replica: its
+        samples go, its errors are forgiven, and attempts started during it (a stopped
+        process's backlog, answered late) are ignored when they end, so routing judges
+        the replica by what it did before and does after, at once."""
+        p = self.pool
+        if p.healthy is False or (p.stale and p.scraped_at is not None):
+            return
+        p.fine_at = now
+        since = p.trouble_from
+        if since is None:
+            return
+        p.trouble_from = None
+        self.forgive(since)
+        self.incident = (since, now)
+        self.recent.clear()
+
+    def forgive(self, since: float) -> None:
+        """An incident that began at `since` is over: forget what was measured since (it
+        described the incident, not the deployment) and the errors it caused."""
+        for window in (self.ttft, self.first_byte, self.itl, self.e2e, *self.ttft_by_size):
+            window.drop_after(since)
+        self.error_rate.value = 0.0
 
 
 class Scoreboard:
@@ -169,11 +261,18 @@ class Scoreboard:
         now = self.clock()
         if attempt is not None:
             s.awaiting.pop(id(attempt), None)
+        started = now - ttft_s
+        if not s.evidence(started):
+            return
+        s.recent.append((started, ttft_s))
         s.first_byte.add(ttft_s, now)
         s.ttft.add(ttft_s, now)
         p = s.pool
-        if p.stale or now - ttft_s >= p.calm_since:  # it started with no queue in sight
-            s.ttft_by_size[size_bucket(prompt_tokens)].add(ttft_s, now)
+        if p.stale or started >= p.calm_since:  # it started with no queue in sight
+            b = size_bucket(prompt_tokens)
+            s.ttft_by_size[b].add(ttft_s, now)
+            if p.trouble_from is None:  # (an outage's samples will be dropped: not here)
+                s.prefill.add(prompt_tokens, ttft_s, b, now)
         s.latency.observe(ttft_s, now)
 
     def succeeded(self, s: DeploymentStats, *, e2e_s: float, streamed: bool,
@@ -182,10 +281,16 @@ class Scoreboard:
         s.in_flight -= 1
         if attempt is not None:
             s.awaiting.pop(id(attempt), None)
+        started = now - e2e_s
+        if not s.evidence(started):
+            return
         if not streamed:  # the whole answer was the first byte the client could see
+            s.recent.append((started, e2e_s))
             s.latency.observe(e2e_s, now)
             s.first_byte.add(e2e_s, now)
         s.e2e.add(e2e_s, now)
+        if s.pool.stale or started >= s.pool.calm_since:  # held a slot all along
+            s.hold.add(e2e_s, now)
         if itl_s is not None:
             s.itl.add(itl_s, now)
         s.error_rate.observe(False, now)
@@ -196,12 +301,15 @@ class Scoreboard:
         (a rejected request, a client that went away), which says nothing about health."""
         now = self.clock()
         s.in_flight -= 1
+        started = now
         if attempt is not None:
-            s.awaiting.pop(id(attempt), None)
+            started = s.awaiting.pop(id(attempt), now)
         if not upstream_fault:
             return
         s.failures += 1
         s.timeouts += timeout
-        s.error_rate.observe(True, now)
         s.last_error = reason
         s.last_error_at = now
+        if s.evidence(started):
+            s.recent.append((started, math.inf))
+            s.error_rate.observe(True, now)

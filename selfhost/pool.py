@@ -26,6 +26,7 @@ Fetch = Callable[[str, float], Awaitable[tuple[int, bytes] | None]]
 log = logging.getLogger("turnout.pool")
 
 _TIMEOUT_S = 1.0
+_RECHECK_TIMEOUT_S = 0.5
 
 # Current vLLM (v1) names first, then the older names of the same quantities.
 _WAITING = ("vllm:num_requests_waiting",)
@@ -33,6 +34,7 @@ _RUNNING = ("vllm:num_requests_running",)
 _KV = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _PREFIX_QUERIES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
 _PREFIX_HITS = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
+_COMPLETED = ("vllm:request_success_total",)  # summed over its finished_reason labels
 
 
 @dataclass(slots=True)
@@ -42,6 +44,7 @@ class VllmMetrics:
     kv_usage: float = 0.0
     prefix_queries: float | None = None
     prefix_hits: float | None = None
+    completed: float | None = None
 
 
 def parse_vllm_metrics(text: str) -> VllmMetrics:
@@ -69,6 +72,7 @@ def parse_vllm_metrics(text: str) -> VllmMetrics:
         kv_usage=first(_KV) or 0.0,
         prefix_queries=first(_PREFIX_QUERIES),
         prefix_hits=first(_PREFIX_HITS),
+        completed=first(_COMPLETED),
     )
 
 
@@ -99,6 +103,12 @@ class PoolSpec:
     dns_interval_s: float = 10.0
     probe_interval_s: float = 2.0
     scrape_interval_s: float = 1.0
+    # A replica in trouble (a failed probe, scrapes failing) is probed and scraped this
+    # often, so routing has it back within a moment of its recovery.
+    recheck_interval_s: float = 0.25
+    # The replicas' vLLM max_num_seqs, if the operator says: routing's capacity until a
+    # scrape shows a queue and it is learned (policies/scoreboard.py, PoolTelemetry).
+    max_num_seqs: int | None = None
 
 
 class PoolMonitor:
@@ -123,7 +133,8 @@ class PoolMonitor:
 
     def start(self) -> None:
         loops = [(self.scrape_all, self.pool.scrape_interval_s),
-                 (self.probe_all, self.pool.probe_interval_s)]
+                 (self.probe_all, self.pool.probe_interval_s),
+                 (self.recheck_troubled, self.pool.recheck_interval_s)]
         if any(e.startswith("dns://") for e in self.pool.endpoints):
             loops.insert(0, (self.refresh_members, self.pool.dns_interval_s))
         self._tasks = [asyncio.create_task(self._every(fn, s)) for fn, s in loops]
@@ -155,26 +166,41 @@ class PoolMonitor:
             log.info("pool %s members: %s", self.pool.name, ", ".join(sorted(roots)) or "none")
             self._on_members(sorted(roots))
 
-    async def _get(self, url: str) -> tuple[int, str] | None:
-        got = await self._fetch(url, _TIMEOUT_S)
+    async def _get(self, url: str, timeout_s: float = _TIMEOUT_S) -> tuple[int, str] | None:
+        got = await self._fetch(url, timeout_s)
         return None if got is None else (got[0], got[1].decode(errors="replace"))
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(root) for root in self._members()))
 
-    async def probe(self, root: str) -> None:
-        got = await self._get(root + "/health")
-        self._stats(root).pool.healthy = got is not None and got[0] == 200
+    def _replica(self, root: str) -> DeploymentStats:
+        stats = self._stats(root)
+        tele = stats.pool
+        if not tele.capacity_learned and self.pool.max_num_seqs is not None:
+            tele.capacity = float(self.pool.max_num_seqs)
+        return stats
+
+    async def probe(self, root: str, timeout_s: float = _TIMEOUT_S) -> None:
+        got = await self._get(root + "/health", timeout_s)
+        self._replica(root).record_health(got is not None and got[0] == 200, self._clock())
+
+    async def recheck_troubled(self) -> None:
+        """Probe and scrape, on a short timeout, the replicas in trouble only."""
+        troubled = [root for root in self._members()
+                    if (p := self._stats(root).pool).trouble_from is not None
+                    or p.healthy is False]
+        await asyncio.gather(*(self.probe(root, _RECHECK_TIMEOUT_S) for root in troubled),
+                             *(self.scrape(root, _RECHECK_TIMEOUT_S) for root in troubled))
 
     async def scrape_all(self) -> None:
         await asyncio.gather(*(self.scrape(root) for root in self._members()))
 
-    async def scrape(self, root: str) -> None:
-        stats = self._stats(root)
-        got = await self._get(root + "/metrics")
+    async def scrape(self, root: str, timeout_s: float = _TIMEOUT_S) -> None:
+        stats = self._replica(root)
+        got = await self._get(root + "/metrics", timeout_s)
         tele = stats.pool
         if got is None or got[0] != 200:
-            tele.stale = True
+            stats.scrape_failed()
             return
         m = parse_vllm_metrics(got[1])
         hit_rate = tele.prefix_hit_rate
@@ -184,4 +210,4 @@ class PoolMonitor:
             hit_rate = (m.prefix_hits - last_h) / dq if dq > 0 else None
             self._prefix_last[root] = (m.prefix_queries, m.prefix_hits)
         stats.record_scrape(waiting=m.waiting, running=m.running, kv_usage=m.kv_usage,
-                            prefix_hit_rate=hit_rate, now=self._clock())
+                            prefix_hit_rate=hit_rate, now=self._clock(), completed=m.completed)

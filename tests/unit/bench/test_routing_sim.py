@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from bench.routing_sim import (
 from bench.routing_sim_model import DispatchRules, simulate
 from bench.routing_sim_report import Summary, dominates
 from bench.routing_sim_trace import TraceRecord, Workload, generate, read_jsonl, write_jsonl
+from policies.routing.slo_cost import PROBE_GAP_MAX_S
 
 SAMPLE = Path(__file__).resolve().parents[3] / "bench" / "traces" / "sample.jsonl"
 SMALL = Scenario("small", Workload(duration_s=30.0, base_rps=5.0, peak_rps=30.0),
@@ -168,7 +170,13 @@ def test_slo_cost_attains_more_and_rides_out_the_incident(standard: dict[str, Su
     assert best.ttft_attainment >= worse.ttft_attainment + 0.05
     assert best.e2e_attainment >= worse.e2e_attainment
     assert best.goodput_rps > worse.goodput_rps
-    assert best.errors == 0 < worse.errors  # it steered clear of the erroring provider
+    # It steered clear of the erroring provider but for its probes, one every 2 s at most
+    # while they fail (the simulation has no failover: each is an error here).
+    inc = IncidentPlan()
+    error_span = (inc.until - inc.error_from) * max(r.t for r in generate(
+        SCENARIOS["standard"].workload or Workload(), 1))
+    assert best.errors_by_reason.keys() <= {"HTTP 503"}
+    assert best.errors <= math.ceil(error_span / PROBE_GAP_MAX_S) + 3 < worse.errors
 
 
 @pytest.mark.parametrize("other", NAIVE)

@@ -199,7 +199,10 @@ def test_service_ttft_by_prompt_size() -> None:
     assert policy.service_ttft(s, clock.now, 900) == 0.3
     assert policy.service_ttft(s, clock.now, 1200) == 0.6
     assert policy.service_ttft(s, clock.now, 100) == 0.3  # none this short: the next size up
-    assert policy.service_ttft(s, clock.now, 3000) == 0.6  # none this long: the next down
+    # None this long: the next size down, plus its prefill time per token (0.3 s more per
+    # 800 tokens here) for the tokens beyond that size's mean.
+    predicted = policy.service_ttft(s, clock.now, 3000)
+    assert predicted is not None and abs(predicted - (0.6 + 0.3 / 800 * 1500)) < 1e-9
     hints = RouteHints(slo_ttft_s=0.5)
     for tokens, first in ((900, slow), (1200, PAID)):
         hints.prompt_tokens = tokens

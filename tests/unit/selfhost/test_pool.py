@@ -3,6 +3,7 @@ a DNS server on loopback, simulators on 127.0.0.x, the gateway in a subprocess."
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -11,10 +12,15 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from selfhost.pool import parse_vllm_metrics
+from gateway.config import ConfigError, parse_config
+from gateway.registry import replica_id
+from policies.scoreboard import Scoreboard
+from selfhost.pool import PoolMonitor, PoolSpec, parse_vllm_metrics
 from selfhost.sim import Faults, Simulator, ThreadedSim
 from tests.support.dns import LoopbackDNS
+from tests.support.inproc import serving
 from tests.support.procs import Gateway, free_port
+from tests.unit.policies.test_routing import Clock
 
 CURRENT = """# HELP vllm:num_requests_running Number of requests in model execution batches.
 vllm:num_requests_running{engine="0",model_name="m"} 3.0
@@ -22,6 +28,8 @@ vllm:num_requests_waiting{engine="0",model_name="m"} 5.0
 vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
 vllm:prefix_cache_queries_total{engine="0",model_name="m"} 1000.0
 vllm:prefix_cache_hits_total{engine="0",model_name="m"} 400.0
+vllm:request_success_total{engine="0",finished_reason="stop",model_name="m"} 7.0
+vllm:request_success_total{engine="0",finished_reason="length",model_name="m"} 3.0
 vllm:num_requests_running{engine="1",model_name="m"} 1.0
 """
 OLDER = """vllm:num_requests_running{model_name="m"} 2.0
@@ -36,8 +44,10 @@ def test_parse_current_and_older_vllm_names() -> None:
     m = parse_vllm_metrics(CURRENT)
     assert (m.running, m.waiting, m.kv_usage) == (4.0, 5.0, 0.25)  # summed over engines
     assert (m.prefix_queries, m.prefix_hits) == (1000.0, 400.0)
+    assert m.completed == 10.0  # every finished_reason
     m = parse_vllm_metrics(OLDER)
     assert (m.running, m.waiting, m.kv_usage, m.prefix_hits) == (2.0, 0.0, 0.5, 5.0)
+    assert m.completed is None
     assert parse_vllm_metrics("garbage\nvllm:num_requests_running nan-ish\n").running == 0
 
 
@@ -136,3 +146,88 @@ def test_slow_replica_loses_traffic(tmp_path: Path) -> None:
             assert not any(d.endswith(slow_id) for d in after[10:])
         finally:
             gw.stop()
+
+
+class Replica:
+    """What one replica answers the monitor (a fetch for PoolMonitor); None: nothing."""
+
+    def __init__(self) -> None:
+        self.health: int | None = 200
+        self.metrics: str | None = "vllm:num_requests_running 8.0\n"
+
+    async def fetch(self, url: str, timeout_s: float) -> tuple[int, bytes] | None:
+        if url.endswith("/health"):
+            return None if self.health is None else (self.health, b"")
+        return None if self.metrics is None else (200, self.metrics.encode())
+
+
+def monitor_of(replica: Replica, board: Scoreboard, clock: Clock,
+               max_num_seqs: int | None = None) -> PoolMonitor:
+    spec = PoolSpec("gpu", ("http://r:8000",), max_num_seqs=max_num_seqs)
+    return PoolMonitor(spec, replica.fetch, members=lambda: ["http://r:8000"],
+                       on_members=lambda roots: None, stats=board.by_id, clock=clock)
+
+
+async def test_configured_capacity_holds_until_a_queue_is_seen() -> None:
+    clock, replica = Clock(), Replica()
+    board = Scoreboard(clock)
+    monitor = monitor_of(replica, board, clock, max_num_seqs=8)
+    stats = board.by_id("http://r:8000")
+    await monitor.scrape("http://r:8000")
+    assert stats.pool.capacity == 8 and stats.queue_ahead() == 0  # 8 running: every slot
+    replica.metrics = "vllm:num_requests_running 6.0\nvllm:num_requests_waiting 3.0\n"
+    await monitor.scrape("http://r:8000")  # it runs 6 while 3 wait: its real capacity
+    assert stats.pool.capacity == 6 and stats.pool.capacity_learned
+    replica.metrics = "vllm:num_requests_running 2.0\n"
+    await monitor.scrape("http://r:8000")
+    assert stats.pool.capacity == 6  # learned: the configured value no longer applies
+    unset = monitor_of(replica, Scoreboard(clock), clock)
+    await unset.scrape("http://r:8000")
+    assert unset._stats("http://r:8000").pool.capacity is None
+
+
+async def test_a_replica_in_trouble_is_rechecked_until_it_is_fine() -> None:
+    clock, replica = Clock(), Replica()
+    board = Scoreboard(clock)
+    monitor = monitor_of(replica, board, clock)
+    stats = board.by_id("http://r:8000")
+    await monitor.probe_all()
+    await monitor.scrape_all()
+    await monitor.recheck_troubled()  # nothing in trouble: nothing asked
+    clock.now += 1
+    replica.health = replica.metrics = None  # stopped
+    await monitor.probe_all()
+    assert stats.pool.healthy is False and stats.pool.trouble_from == 1000.0
+    clock.now += 5
+    await monitor.recheck_troubled()
+    assert stats.pool.trouble_from is not None
+    replica.health, replica.metrics = 200, "vllm:num_requests_running 3.0\n"
+    clock.now += 0.25
+    await monitor.recheck_troubled()  # probe and scrape at once: back
+    assert stats.pool.healthy and not stats.pool.stale and stats.pool.trouble_from is None
+    assert stats.incident == (1000.0, 1006.25)
+
+
+def test_pool_config_takes_max_num_seqs() -> None:
+    pool = {"name": "gpu", "endpoints": ["http://r:8000"]}
+    models = {"m": {"deployments": [{"target": "gpu", "model": "x"}]}}
+    cfg = parse_config({"pools": [{**pool, "max_num_seqs": 64}], "models": models})
+    assert cfg.pools[0].max_num_seqs == 64
+    assert parse_config({"pools": [pool], "models": models}).pools[0].max_num_seqs is None
+    with pytest.raises(ConfigError, match="max_num_seqs"):
+        parse_config({"pools": [{**pool, "max_num_seqs": 0}], "models": models})
+
+
+async def test_the_gateway_gives_its_monitor_the_pools_max_num_seqs() -> None:
+    with ThreadedSim(Simulator("instant")) as sims:
+        async with serving({
+                "pools": [{"name": "gpu", "endpoints": sims.urls, "max_num_seqs": 48,
+                           "scrape_interval_s": 0.05}],
+                "models": {"m": {"deployments": [{"target": "gpu", "model": "x"}]}}}) as gw:
+            board = gw.services.pipeline.dispatcher.runner.board
+            stats = board.by_id(replica_id("gpu", sims.urls[0]))
+            deadline = time.monotonic() + 10
+            while stats.pool.scraped_at is None:  # the monitor's first scrape
+                assert time.monotonic() < deadline, "never scraped"
+                await asyncio.sleep(0.02)
+            assert stats.pool.capacity == 48 and not stats.pool.capacity_learned
