@@ -12,3 +12,7 @@ bench: ## Turnout vs direct vs floor proxy vs LiteLLM (~5 min; extra flags: make
 .PHONY: routing-sim
 routing-sim:  ## routing policies on the same simulated traffic: tables, JSON, plots in bench/results (seconds; ARGS="--seed 2")
 	scripts/bootstrap.sh && .venv/bin/python -m bench.routing_sim $(ARGS)
+
+.PHONY: routing-e2e
+routing-e2e:  ## routing policies through the real gateway, simulator processes and faults (~15 min a seed; ARGS="--seeds 1,2,3" or "--experiment short")
+	scripts/bootstrap.sh && .venv/bin/python -m bench.routing_e2e $(ARGS)
