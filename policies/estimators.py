@@ -50,12 +50,6 @@ class WindowedQuantiles:
         while samples and samples[-1][0] > t:
             self._forget(samples.pop()[1])
 
-    def drop_before(self, t: float) -> None:
-        """Forget the samples added before `t` (a past that no longer applies)."""
-        samples = self._samples
-        while samples and samples[0][0] < t:
-            self._forget(samples.popleft()[1])
-
     def first_above(self, value: float) -> float | None:
         """When the oldest sample over `value` was added (None: none is); O(samples)."""
         return next((t for t, v in self._samples if v > value), None)
