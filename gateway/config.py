@@ -318,7 +318,7 @@ PolicyName = Literal["slo-cost", "kv-aware", "latency", "least-loaded", "prefix-
 
 class RoutingConfig(_Strict):
     policy: PolicyName = "slo-cost"
-    within_pool: Literal["least-loaded", "prefix-affinity"] = "least-loaded"
+    within_pool: Literal["least-loaded", "prefix-affinity", "kv-aware"] = "least-loaded"
     slo_ttft_ms: float | None = Field(None, gt=0, description="default TTFT SLO")
     # Load shedding: when no deployment is predicted to meet the SLO and the best one's
     # predicted TTFT exceeds this, requests below `shed_below_priority` get 429.

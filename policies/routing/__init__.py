@@ -23,7 +23,7 @@ def _kv_aware(board: Scoreboard, kv: KvView) -> KvAware:
 
 
 _FACTORIES: dict[str, Callable[[Scoreboard, str, KvView], RoutingPolicy]] = {
-    "slo-cost": lambda board, within, kv: SloCost(board, within),
+    "slo-cost": lambda board, within, kv: SloCost(board, within, kv),
     "kv-aware": lambda board, _, kv: _kv_aware(board, kv),
     "latency": lambda board, _, kv: Latency(board),
     "least-loaded": lambda board, _, kv: LeastLoaded(board),

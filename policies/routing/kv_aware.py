@@ -75,6 +75,12 @@ class KvAware:
                               keys))
         return out if known else None
 
+    def cached_tokens(self, req: CanonicalRequest, deployments: Sequence[Deployment]
+                      ) -> dict[str, int]:
+        """Tokens of the request each known replica holds (by deployment id): what a TTFT
+        prediction can take off the prompt (keys are computed once per request)."""
+        return {m.dep.id: m.cached for m in self._matches(req, deployments) or ()}
+
     def order(self, req: CanonicalRequest, deployments: Sequence[Deployment],
               hints: RouteHints | None = None) -> tuple[list[Deployment], str]:
         prompt = hints.prompt_tokens if hints is not None else 0

@@ -17,8 +17,9 @@ class LeastLoaded:
         self._board = board
         self._rotor = Rotor()
 
-    def order(self, req: CanonicalRequest, deployments: Sequence[Deployment]
-              ) -> tuple[list[Deployment], str]:
+    def order(self, req: CanonicalRequest, deployments: Sequence[Deployment],
+              hints: RouteHints | None = None) -> tuple[list[Deployment], str]:
+        """`hints` are not needed here (slo-cost's within-pool steps share a signature)."""
         scores = {d.id: load(self._board, d) for d in deployments}
         ordered = ordered_by(self._rotor.rotate(deployments), scores)
         return ordered, f"load={scores[ordered[0].id]:g}" if ordered else "none"

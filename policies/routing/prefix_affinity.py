@@ -68,8 +68,9 @@ class PrefixAffinity:
             ring = self._rings[key] = ([p for p, _ in points], [i for _, i in points])
         return ring
 
-    def order(self, req: CanonicalRequest, deployments: Sequence[Deployment]
-              ) -> tuple[list[Deployment], str]:
+    def order(self, req: CanonicalRequest, deployments: Sequence[Deployment],
+              hints: RouteHints | None = None) -> tuple[list[Deployment], str]:
+        """`hints` are not needed here (slo-cost's within-pool steps share a signature)."""
         hashes, owners = self._ring(deployments)
         loads = [load(self._board, d) for d in deployments]
         capacity = self._bound * (sum(loads) + 1) / len(deployments) + 1

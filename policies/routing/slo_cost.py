@@ -41,7 +41,9 @@ from dataclasses import dataclass
 from statistics import NormalDist
 
 from gateway.canonical import CanonicalRequest, Deployment
+from policies.kv_index import KvIndex, KvView
 from policies.routing.base import Plan, RouteHints
+from policies.routing.kv_aware import KvAware
 from policies.routing.least_loaded import LeastLoaded
 from policies.routing.prefix_affinity import PrefixAffinity
 from policies.scoreboard import RECENT, DeploymentStats, Scoreboard, size_bucket
@@ -77,9 +79,16 @@ class _Probe:
 class SloCost:
     name = "slo-cost"
 
-    def __init__(self, board: Scoreboard, within_pool: str = "least-loaded") -> None:
+    def __init__(self, board: Scoreboard, within_pool: str = "least-loaded",
+                 kv: KvView | None = None) -> None:
+        """`kv`: what the pools' KV events say, for `within_pool: kv-aware`."""
         self._board = board
-        self._within: LeastLoaded | PrefixAffinity = (
+        # kv-aware: the replica holding the longest prefix, its TTFT predicted for the
+        # part of the prompt it does not hold (the cached prefix is not prefilled again).
+        self._kv = KvAware(board, kv or KvView(KvIndex()),
+                           lambda d, tokens: self.predicted_ttft(d, board.clock(), tokens)
+                           ) if within_pool == "kv-aware" else None
+        self._within: LeastLoaded | PrefixAffinity | KvAware = self._kv or (
             PrefixAffinity(board) if within_pool == "prefix-affinity" else LeastLoaded(board))
         self._probes: dict[str, _Probe] = {}
 
@@ -142,7 +151,7 @@ class SloCost:
         ordered: list[Deployment] = []
         for price in sorted(by_price):
             group = by_price[price]
-            ordered += self._within.order(req, group)[0] if len(group) > 1 else group
+            ordered += self._within.order(req, group, hints)[0] if len(group) > 1 else group
         return ordered
 
     @staticmethod
@@ -168,7 +177,9 @@ class SloCost:
             return Plan([dep], self.name, why, {dep.id: -1.0 if p is None else p},
                         p is None or p <= slo, p)
         tokens = hints.prompt_tokens
-        pred = {d.id: self.predicted_ttft(d, now, tokens) for d in deployments}
+        cached = self._kv.cached_tokens(req, deployments) if self._kv is not None else {}
+        pred = {d.id: self.predicted_ttft(d, now, max(0, tokens - cached.get(d.id, 0)))
+                for d in deployments}
         meets = [d for d in deployments if slo is None or (p := pred[d.id]) is None or p <= slo]
         scores = {k: -1.0 if v is None else v for k, v in pred.items()}  # -1: no data
         if meets:
@@ -188,6 +199,11 @@ class SloCost:
                         f"predicted {(p or 0.0) * 1000:.0f}ms", scores, False, p)
         if slo is not None:
             self._probe(plan, deployments, meets, now, tokens, slo, hints)
+        if self._kv is not None:
+            first = plan.candidates[0]
+            self._kv.routed(req, first)  # its blocks count as cached there from now
+            if first.id in cached:
+                plan.reason += f"; kv prefix {cached[first.id]} tokens cached"
         return plan
 
     # -- incidents: probing a shunned deployment, and its recovery ---------------------------

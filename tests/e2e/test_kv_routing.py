@@ -22,7 +22,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                                                "kv_blocks": 256, "block_size": 16},
                    "kv_events": {"heartbeat_s": 0.2}}],
         "models": {"m": {"deployments": [{"target": "sim", "model": "sim-model"}],
-                         "routing": {"policy": "kv-aware"}}},
+                         "routing": {"policy": "kv-aware"}},
+                   "m2": {"deployments": [{"target": "sim", "model": "sim-model"}],
+                          "routing": {"policy": "slo-cost", "within_pool": "kv-aware"}}},
     }
     gw = Gateway(config, tmp_path_factory.mktemp("kv"))
     yield gw
@@ -49,3 +51,19 @@ def test_a_shared_system_prompt_sticks_to_the_replica_holding_it(gateway: Gatewa
     # Each first request is a new prefix (its ring home); every later one names its match.
     assert all(r.startswith("kv-aware; kv prefix none cached: prefix") for r in routes[:4]), routes
     assert all(r == "kv-aware; kv prefix 112 tokens cached" for r in routes[4:]), routes
+
+
+def test_slo_costs_within_pool_step_says_what_it_matched(gateway: Gateway) -> None:
+    client = OpenAI(base_url=gateway.url + "/v1", api_key="k", max_retries=0)
+    messages = [{"role": "system", "content": "shared " + SYSTEMS[0]},
+                {"role": "user", "content": "a question"}]
+    seen, routes = set(), []
+    for _ in range(4):
+        raw = client.chat.completions.with_raw_response.create(
+            model="m2", max_tokens=2, messages=messages)  # type: ignore[arg-type]
+        seen.add(raw.headers["x-turnout-deployment"])
+        routes.append(raw.headers["x-turnout-route"])
+    assert len(seen) == 1
+    assert all(r.startswith("slo-cost; cheapest") for r in routes), routes
+    # The whole prompt repeats: its 8 full blocks (131 tokens) are cached.
+    assert all(r.endswith("; kv prefix 128 tokens cached") for r in routes[1:]), routes

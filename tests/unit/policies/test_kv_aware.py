@@ -126,3 +126,40 @@ def test_as_a_named_policy() -> None:
     rig.holds(rig.deps[2], chat())
     policy = make_policy("kv-aware", rig.board, kv=rig.view)
     assert policy.plan(chat(user="q"), rig.deps, RouteHints()).candidates[0] is rig.deps[2]
+
+
+def test_inside_slo_cost() -> None:
+    rig = Rig()
+    holder = rig.deps[1]
+    rig.holds(holder, chat())
+    policy = make_policy("slo-cost", rig.board, "kv-aware", rig.view)
+    plan = policy.plan(chat(user="q"), rig.deps, RouteHints(slo_ttft_s=0.5, prompt_tokens=110))
+    assert plan.candidates[0] is holder
+    assert plan.reason.endswith("; kv prefix 96 tokens cached")
+    # A new prefix: its first request's blocks are speculated where it went, so the next
+    # one of the burst follows.
+    first = policy.plan(chat(system="fresh", user="a"), rig.deps, RouteHints()).candidates[0]
+    again = policy.plan(chat(system="fresh", user="b"), rig.deps, RouteHints())
+    assert again.candidates[0] is first
+
+
+def test_slo_cost_predicts_a_holders_ttft_for_what_it_does_not_hold() -> None:
+    rig = Rig(2)
+    holder, _ = rig.deps
+    system = " ".join(f"w{i}" for i in range(700))  # 704 tokens: 44 blocks of 16
+    rig.holds(holder, chat(system=system))
+    board = rig.board
+    # Both served small prompts in 20 ms and 1,000-token ones in 900 ms, unqueued.
+    for d in rig.deps:
+        s = board.stats(d)
+        for _ in range(6):
+            board.first_token(s, 0.02, 100)
+            board.first_token(s, 0.9, 1000)
+    req = chat(system=system, user=" ".join(["more"] * 290))
+    hints = RouteHints(slo_ttft_s=0.5, prompt_tokens=1000)
+    plan = make_policy("slo-cost", board, "kv-aware", rig.view).plan(req, rig.deps, hints)
+    # Only the holder is predicted to meet 500 ms: it prefills 296 tokens, not 1,000.
+    assert plan.candidates[0] is holder and plan.meets_slo, plan
+    assert plan.reason.endswith("; kv prefix 704 tokens cached"), plan.reason
+    assert make_policy("slo-cost", board, "least-loaded").plan(req, rig.deps, hints
+                                                               ).meets_slo is False
