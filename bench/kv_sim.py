@@ -60,7 +60,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 POOL = "local-gpu"
 PROFILE = SimProfile("sim-gpu", max_num_seqs=32, base_ttft_ms=30.0,
                      prefill_ms_per_token=0.1, itl_ms=12.0, jitter=0.1)
-POLICIES = ("kv-aware", "prefix-affinity", "least-loaded", "round-robin")
+# "slo-cost/kv-aware": slo-cost with kv-aware as its within-pool step.
+POLICIES = ("kv-aware", "slo-cost/kv-aware", "prefix-affinity", "least-loaded", "round-robin")
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,9 @@ def simulate(scn: Scenario, records: Sequence[TraceRecord], policy: str, seed: i
     deps = fleet.deployments(records[0].model if records else "chat")
     kv = KvView(index, {POOL: tokens})
     rules = DispatchRules(slo=Slo(scn.slo_ttft_s, scn.slo_tpot_s))
-    sim = SimDispatch(loop, board, make_policy(policy, board, kv=kv), deps, rules)
+    name, _, within = policy.partition("/")
+    sim = SimDispatch(loop, board, make_policy(name, board, within or "least-loaded", kv), deps,
+                      rules)
     replicas: dict[str, Replica] = {}
     for k, (dep, spec) in enumerate(zip(deps, fleet.replicas, strict=True)):
         replicas[dep.id] = KvReplica(spec, loop, sim, seed * 1000 + k, dep_id=dep.id,
@@ -198,11 +201,11 @@ def run(scn: Scenario, seed: int, policies: Sequence[str] = POLICIES) -> list[Su
 
 def _row(policy: str, hit: float, p50: float, p99: float, att: float, e2e: float,
          good: float) -> str:
-    return (f"{policy:16} {hit * 100:9.1f}% {p50:9.0f} {p99:9.0f} {att * 100:9.1f}%"
+    return (f"{policy:18} {hit * 100:9.1f}% {p50:9.0f} {p99:9.0f} {att * 100:9.1f}%"
             f" {e2e * 100:9.1f}% {good:9.2f}")
 
 
-HEAD = (f"{'policy':16} {'prefix hit':>10} {'P50 ms':>9} {'P99 ms':>9} {'TTFT SLO':>10}"
+HEAD = (f"{'policy':18} {'prefix hit':>10} {'P50 ms':>9} {'P99 ms':>9} {'TTFT SLO':>10}"
         f" {'E2E SLO':>10} {'goodput':>9}")
 
 
