@@ -16,3 +16,7 @@ routing-sim:  ## routing policies on the same simulated traffic: tables, JSON, p
 .PHONY: routing-e2e
 routing-e2e:  ## routing policies through the real gateway, simulator processes and faults (~15 min a seed; ARGS="--seeds 1,2,3" or "--experiment short")
 	scripts/bootstrap.sh && .venv/bin/python -m bench.routing_e2e $(ARGS)
+
+.PHONY: kv-sim
+kv-sim:  ## kv-aware vs prefix-affinity, least-loaded, round-robin under KV-cache pressure, seeds 1-5 (seconds; ARGS="--rps 80")
+	scripts/bootstrap.sh && .venv/bin/python -m bench.kv_sim $(ARGS)
