@@ -85,6 +85,17 @@ class Attempt:
         self.ttft: float | None = None
         self.reported = False
 
+    def first_token(self, prompt_tokens: int) -> None:
+        """A stream's first token: its TTFT; and a half-open circuit's probe has its
+        answer here (the upstream serves again), not at the stream's end, which may be
+        many seconds away while requests keep going elsewhere. The rest of the stream
+        counts as any attempt of a closed circuit."""
+        self.ttft = time.perf_counter() - self.started
+        self.board.first_token(self.stats, self.ttft, prompt_tokens, self)
+        if self.probe and self.breaker is not None:
+            self.breaker.success(self.board.clock(), True)
+            self.probe = False
+
     def succeeded(self, chunks: int = 0) -> None:
         self.reported = True
         e2e = time.perf_counter() - self.started

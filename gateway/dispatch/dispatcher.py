@@ -14,7 +14,6 @@ token (response head plus first chunk, for streams), total.
 
 from __future__ import annotations
 
-import time
 from typing import TypeVar
 
 from adapters import get_adapter
@@ -111,8 +110,7 @@ class AttemptRunner:
                                       f"no first token within {self.timeouts.first_token_s:g}s")
             attempt.failed(err)
             raise err from None
-        attempt.ttft = time.perf_counter() - attempt.started
-        self.board.first_token(attempt.stats, attempt.ttft, req.prompt_tokens, attempt)
+        attempt.first_token(req.prompt_tokens)
         return seg
 
 

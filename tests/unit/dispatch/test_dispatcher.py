@@ -15,6 +15,7 @@ from gateway.dispatch.failover import Failover
 from gateway.dispatch.fallbacks import Fallbacks
 from gateway.planner import Planner
 from gateway.registry import Registry
+from policies.breakers import CircuitState
 from policies.routing.base import Plan
 from policies.scoreboard import Scoreboard
 from tests.support.fake_wire import FakeHttpClient, FakeResponse
@@ -92,6 +93,29 @@ async def test_a_stream_is_read_line_by_line_and_cut_short_is_an_error() -> None
     await stream.aclose()
     assert info.value.kind is FailureKind.PROTOCOL
     assert client.responses[0].closed  # dropped: the upstream sees the request end
+
+
+async def test_a_half_open_circuit_closes_at_its_probe_streams_first_token() -> None:
+    # Not at the stream's end: meanwhile every other request would skip a replica that
+    # is serving again (seconds of traffic sent to dearer deployments).
+    client = FakeHttpClient(lambda req: FakeResponse(200, lines=[
+        b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"up",'
+        b'"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}\n', b"\n",
+        b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"up",'
+        b'"choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":"stop"}]}\n', b"\n",
+        b"data: [DONE]\n", b"\n"]))
+    d, deps = dispatcher(client)
+    assert d.failover is not None
+    breaker = d.failover.breakers.get(deps[0])
+    for _ in range(5):
+        breaker.failure(0.0, False, "down")
+    breaker.open_until = 0.0  # the cooldown is over: the next request is the probe
+    assert breaker.state is CircuitState.OPEN
+    stream = await d.open_stream(request(stream=True), Plan([deps[0]], "test", ""))
+    assert breaker.state is CircuitState.CLOSED  # the first token came; the rest has not
+    assert [c async for c in stream.chunks() if c.data]
+    await stream.aclose()
+    assert breaker.state is CircuitState.CLOSED and breaker.consecutive == 0
 
 
 async def test_an_upstream_message_never_carries_the_key_back() -> None:
