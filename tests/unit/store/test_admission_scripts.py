@@ -13,7 +13,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.store import ALL, AdmitArgs, Release, SettleArgs, Store, layout
+from gateway.store import ALL, AdmitArgs, Release, SettleArgs, Store, layout, memory_ledger
+from gateway.store.base import SETTLED_RETENTION_MS
 from policies.budgets import Budget, day, period_id
 from policies.ratelimits import Limits, duration
 from tests.support.procs import REPO, RedisServer
@@ -186,3 +187,25 @@ def test_reset_durations_are_go_style() -> None:
     assert [duration(ms) for ms in (0, 20.2, 999, 1000, 1500, 59_999.5, 60_000, 360_000,
                                     3_723_000)] == \
         ["0ms", "21ms", "999ms", "1s", "1.5s", "1m0s", "1m0s", "6m0s", "1h2m3s"]
+
+
+def test_the_memory_ledger_forgets_settlements_after_their_retention(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settled ids are remembered 15 minutes (a resent batch applies once), then dropped
+    oldest first: the in-memory ledger holds what that window settled, no more."""
+    st = memory_ledger.LedgerState(100)
+    clock = [1_000_000.0]
+    monkeypatch.setattr(memory_ledger.time, "time", lambda: clock[0])
+    a = args("t", key=Limits())
+    for i in range(5):
+        a.reservation = f"r{i}"
+        memory_ledger.settle(st, settle_args(a))
+        clock[0] += 1
+    settled = st.zsets[layout.settled("t")]
+    assert list(settled) == [f"r{i}" for i in range(5)]
+    memory_ledger.settle(st, settle_args(a))  # r4 again: applied once
+    assert len(st.streams[layout.events("t")]) == 5
+    clock[0] += SETTLED_RETENTION_MS / 1000 - 2.5  # r0..r2 out of the window, r3, r4 in
+    a.reservation = "r5"
+    memory_ledger.settle(st, settle_args(a))
+    assert list(settled) == ["r3", "r4", "r5"]
