@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from gateway.canonical import CanonicalRequest, Deployment
-from gateway.config import Config, RoutingConfig
+from gateway.config import Config
+from gateway.config.routing import RoutingConfig
 from gateway.errors import GatewayError
 from policies.kv_index import KvView
 from policies.routing import Plan, RouteHints, RoutingPolicy, make_policy

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from adapters import get_adapter
 from gateway.canonical import Deployment, Target
-from gateway.config import Config, DeploymentConfig, Price, Provider
+from gateway.config import Config
+from gateway.config.upstreams import DeploymentConfig, Price, Provider
 from gateway.wire.tls import Egress
 
 

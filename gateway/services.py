@@ -33,7 +33,8 @@ from gateway.accounting.lease_holder import LeaseHolder
 from gateway.accounting.metering import Meter
 from gateway.batch.system import BatchSystem, start_batch
 from gateway.cache import CacheStage, ResponseCache
-from gateway.config import Config, KvEvents
+from gateway.config import Config
+from gateway.config.upstreams import KvEvents
 from gateway.console.service import Console, console_recorder
 from gateway.dispatch.attempts import new_attempt
 from gateway.dispatch.dispatcher import AttemptRunner, Dispatcher

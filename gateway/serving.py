@@ -20,7 +20,7 @@ import uvicorn
 from uvicorn.main import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from gateway.config import ServerConfig
+from gateway.config.server import ServerConfig
 from gateway.wire.limits import ServerLimits
 from gateway.wire.server import HttpProtocol
 

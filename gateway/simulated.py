@@ -12,7 +12,8 @@ import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from gateway.config import Config, Pool
+from gateway.config import Config
+from gateway.config.upstreams import Pool
 from selfhost.sim import Simulator, serve
 
 log = logging.getLogger("turnout")

@@ -35,7 +35,7 @@ from dataclasses import replace
 import orjson
 
 from gateway.accounting.invalidation import Announcer, Change
-from gateway.config import KeyConfig, TeamConfig
+from gateway.config.accounts import KeyConfig, TeamConfig
 from gateway.store import Store, StoreUnavailable, layout
 from policies.budgets import Budget
 from policies.keys import KeyRecord, Principal, TeamPolicy, hash_key, new_key

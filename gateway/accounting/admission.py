@@ -39,7 +39,7 @@ from gateway.accounting.invalidation import Announcer, Change
 from gateway.accounting.lease_holder import LeaseHolder
 from gateway.accounting.metering import Meter, RequestContext
 from gateway.canonical import CanonicalRequest, Deployment
-from gateway.config import AdmissionConfig
+from gateway.config.accounts import AdmissionConfig
 from gateway.errors import GatewayError
 from gateway.ids import new_id
 from gateway.store import ALL, AdmitArgs, AdmitResult, MemoryStore, Store, StoreUnavailable

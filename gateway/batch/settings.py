@@ -1,4 +1,4 @@
-"""The `batch:` section of the config (gateway/config.py holds it)."""
+"""The `batch:` section of the config (gateway/config/ holds it)."""
 
 from __future__ import annotations
 

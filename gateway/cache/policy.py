@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.canonical import CanonicalRequest
-from gateway.config import CacheConfig, CacheSettings, Config
+from gateway.config import Config
+from gateway.config.cache import CacheConfig, CacheSettings
 from gateway.errors import bad_request
 
 RawHeaders = Sequence[tuple[bytes, bytes]]

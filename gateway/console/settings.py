@@ -1,7 +1,7 @@
-"""The `console:` section of the config (gateway/config.py holds it as `Config.console`).
+"""The `console:` section of the config (gateway/config/ holds it as `Config.console`).
 
 Kept here, beside the console, and free of imports from the rest of the gateway, so that
-gateway/config.py can import it without a cycle.
+gateway/config/ can import it without a cycle.
 """
 
 from __future__ import annotations

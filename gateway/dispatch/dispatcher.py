@@ -23,7 +23,7 @@ from gateway.canonical import (
     FailureKind,
     UpstreamFailure,
 )
-from gateway.config import Timeouts
+from gateway.config.server import Timeouts
 from gateway.dispatch.attempts import Completed, NewAttempt, Segment, final, new_attempt
 from gateway.dispatch.continuation import StreamResume
 from gateway.dispatch.failover import Failover

@@ -16,7 +16,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.accounting import ledger
-from gateway.config import NAME_PATTERN, BudgetConfig, LimitsConfig, TeamConfig, format_errors
+from gateway.config import format_errors
+from gateway.config.accounts import NAME_PATTERN, BudgetConfig, LimitsConfig, TeamConfig
 from gateway.errors import GatewayError, bad_request
 from gateway.http.asgi import (
     Receive,

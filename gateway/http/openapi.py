@@ -13,7 +13,8 @@ import orjson
 from pydantic import BaseModel
 
 from gateway.batch.openapi_paths import openapi_paths
-from gateway.config import Config, TeamConfig
+from gateway.config import Config
+from gateway.config.accounts import TeamConfig
 from gateway.http import anthropic_schema, openai_format, responses_schema
 from gateway.http.admin import NewKey
 from gateway.http.asgi import Receive, Scope, Send, send_response

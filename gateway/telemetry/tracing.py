@@ -34,7 +34,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from gateway.accounting.metering import Outcome, RequestContext
 from gateway.canonical import CanonicalRequest, Deployment, Operation
-from gateway.config import TracingConfig
+from gateway.config.telemetry import TracingConfig
 from gateway.dispatch.continuation import read_partial
 from gateway.http.asgi import Scope
 from gateway.store import SettleArgs

@@ -1,5 +1,5 @@
-"""The caps the wire layers hold their peers to, as plain values (no imports: config.py
-takes its defaults from here, so each default is written once).
+"""The caps the wire layers hold their peers to, as plain values (no imports:
+gateway/config/server.py takes its defaults from here, so each default is written once).
 
 The client's header caps are aiohttp's defaults (the library it replaces); the rest bound
 what one hostile or broken upstream or client can make a process hold or do.

@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from gateway.config import TracingConfig
+from gateway.config.telemetry import TracingConfig
 from gateway.telemetry.tracing import Tracing
 from selfhost.sim import ThreadedSim
 from tests.support.inproc import serving, sim_fixture

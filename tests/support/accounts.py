@@ -13,7 +13,7 @@ import httpx
 from gateway.accounting.accounts import Accounts, declared_principals
 from gateway.accounting.admission import Authenticator, PrincipalCache
 from gateway.accounting.invalidation import Listener, LocalInvalidations
-from gateway.config import TeamConfig
+from gateway.config.accounts import TeamConfig
 from gateway.store import Store
 
 # One message of one 4-character word: the gateway's chars/4 estimate (1 + 4 per message)

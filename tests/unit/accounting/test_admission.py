@@ -12,7 +12,7 @@ import pytest
 from gateway.accounting.admission import Admission
 from gateway.accounting.metering import Meter, Outcome
 from gateway.canonical import CanonicalRequest, Deployment, Target, Usage
-from gateway.config import AdmissionConfig
+from gateway.config.accounts import AdmissionConfig
 from gateway.errors import GatewayError
 from gateway.store import RedisStore, StoreUnavailable, layout
 from gateway.wire.base import Arg, Keys, RedisConnection, Script, Subscription

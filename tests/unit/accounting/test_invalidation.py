@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from gateway.accounting.accounts import Accounts, lookup_principal
 from gateway.accounting.invalidation import CHANNEL, Change, Invalidations
-from gateway.config import TeamConfig
+from gateway.config.accounts import TeamConfig
 from gateway.store import MemoryStore, RedisStore, Store
 from policies.keys import Principal, hash_key
 from tests.support.accounts import auth, authentication, new_key

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.accounting import accounts as accounts_module
 from gateway.accounting.invalidation import Change
-from gateway.config import TeamConfig
+from gateway.config.accounts import TeamConfig
 from gateway.errors import GatewayError
 from gateway.store import AdmitArgs, RedisStore, layout
 from policies.budgets import Budget

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.accounting.accounts import Accounts
 from gateway.accounting.invalidation import LocalInvalidations
-from gateway.config import TeamConfig
+from gateway.config.accounts import TeamConfig
 from gateway.console import spend
 from gateway.store import AdmitArgs, Store
 from policies.budgets import Budget, to_nanos

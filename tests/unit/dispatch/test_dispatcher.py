@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from gateway.canonical import CanonicalRequest, Deployment, FailureKind, UpstreamFailure
-from gateway.config import Timeouts, parse_config
+from gateway.config import parse_config
+from gateway.config.server import Timeouts
 from gateway.dispatch.dispatcher import AttemptRunner, Dispatcher
 from gateway.dispatch.failover import Failover
 from gateway.dispatch.fallbacks import Fallbacks

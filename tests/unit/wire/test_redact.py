@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from gateway.canonical import CanonicalRequest, Deployment, Target, UpstreamFailure
-from gateway.config import Timeouts
+from gateway.config.server import Timeouts
 from gateway.dispatch.dispatcher import AttemptRunner
 from gateway.wire.redact import redact
 from policies.scoreboard import Scoreboard
