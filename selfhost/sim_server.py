@@ -11,8 +11,6 @@ import asyncio
 import itertools
 import math
 import random
-import socket
-import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -38,10 +36,19 @@ from selfhost.sim_content import (
     usage,
     whole_body,
 )
+from selfhost.sim_exchange import DropNow, Exchange, SseOut, drop_connection
 from selfhost.sim_kv import BlockCache, KvPublisher, body_tokens
 from selfhost.sim_lora import Adapters
 from selfhost.sim_metrics import VllmMetrics
-from selfhost.sim_state import FaultAction, Faults, FifoSlots, PrefixCache, SimProfile, SimStats
+from selfhost.sim_state import (
+    FaultAction,
+    Faults,
+    FifoSlots,
+    PrefixCache,
+    SimProfile,
+    SimStats,
+    Timing,
+)
 
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -50,64 +57,6 @@ _SERVER_ERRORS = {
     500: "The server had an error while processing your request. Sorry about that!",
     503: "The engine is currently overloaded, please try again later.",
 }
-
-
-class _DropNow(Exception):
-    """The disconnect_after_chunks budget is spent: the stream must die here."""
-
-
-class _Exchange:
-    """One inference request: its body, its clock, and exactly one outcome in the stats."""
-
-    __slots__ = ("_open", "_stats", "arrival", "body", "drop_after", "request")
-
-    def __init__(
-        self, request: web.BaseRequest, body: Any, arrival: float, stats: SimStats
-    ) -> None:
-        self.request, self.body, self.arrival = request, body, arrival
-        self.drop_after: int | None = None
-        self._stats, self._open = stats, True
-
-    def finish(self, status: int) -> None:
-        if self._open:
-            self._open = False
-            self._stats.finish(status)
-
-    def end_early(self, *, aborted: bool) -> bool:
-        """Record a cancel (or, with `aborted`, a drop); False if the outcome was already in."""
-        if not self._open:
-            return False
-        self._open = False
-        self._stats.end_early(aborted=aborted)
-        return True
-
-
-class _SseOut:
-    """Buffers SSE events between waits, so a delay-free stretch (all of it on the instant
-    profile) is one socket write, and spends the disconnect_after_chunks budget."""
-
-    __slots__ = ("_buf", "_left", "_request", "_resp")
-
-    def __init__(
-        self, request: web.BaseRequest, resp: web.StreamResponse, limit: int | None
-    ) -> None:
-        self._request, self._resp, self._left = request, resp, limit
-        self._buf: list[bytes] = []
-
-    def add(self, event: bytes) -> None:
-        if self._left is not None:
-            if self._left == 0:
-                raise _DropNow
-            self._left -= 1
-        self._buf.append(event)
-
-    async def flush(self, *, headers: bool = False) -> None:
-        if not self._resp.prepared and (self._buf or headers):
-            await self._resp.prepare(self._request)  # headers leave at the first token
-        if self._buf:
-            data = b"".join(self._buf)
-            self._buf.clear()
-            await self._resp.write(data)
 
 
 class Simulator:
@@ -151,9 +100,9 @@ class Simulator:
         self.adapters = adapters
         # Separate RNGs, so latency draws never shift which requests a fault rate picks.
         self._fault_rng = random.Random(seed)
-        self._jitter_rng = random.Random(seed + 1)
+        self._timing = Timing(self.profile, seed + 1)
         self._created = int(time.time())
-        self._inference: dict[str, Callable[[_Exchange], Awaitable[web.StreamResponse]]] = {
+        self._inference: dict[str, Callable[[Exchange], Awaitable[web.StreamResponse]]] = {
             "/v1/chat/completions": self._chat,
             "/v1/completions": self._completions,
             "/v1/embeddings": self._embeddings,
@@ -199,7 +148,7 @@ class Simulator:
     async def _track(
         self,
         request: web.BaseRequest,
-        endpoint: Callable[[_Exchange], Awaitable[web.StreamResponse]],
+        endpoint: Callable[[Exchange], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         arrival = time.monotonic()
         raw = await request.read()
@@ -208,7 +157,7 @@ class Simulator:
         except orjson.JSONDecodeError:
             body = None
         self.stats.begin(request.path, request.headers, body)
-        ex = _Exchange(request, body, arrival, self.stats)
+        ex = Exchange(request, body, arrival, self.stats)
         try:
             resp = await self._serve(ex, endpoint)
         except asyncio.CancelledError:  # aiohttp cancels the handler when the client leaves
@@ -219,8 +168,8 @@ class Simulator:
 
     async def _serve(
         self,
-        ex: _Exchange,
-        endpoint: Callable[[_Exchange], Awaitable[web.StreamResponse]],
+        ex: Exchange,
+        endpoint: Callable[[Exchange], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
         if not isinstance(ex.body, dict):
             message = "The request body must be a JSON object."
@@ -238,14 +187,14 @@ class Simulator:
             body = error_body(exc.message, "invalid_request_error", exc.param, exc.code)
             return _json(body, exc.status)
 
-    async def _inject(self, ex: _Exchange, action: FaultAction) -> web.StreamResponse:
+    async def _inject(self, ex: Exchange, action: FaultAction) -> web.StreamResponse:
         if action.kind == "status":
             return self._fault_response(action.status)
         if action.kind == "hang":  # until the client leaves: aiohttp then cancels this wait
             await asyncio.Event().wait()
         # Left: reset, or a disconnect fault drawn for a non-stream request.
         ex.end_early(aborted=True)
-        _drop_connection(ex.request, reset=True)
+        drop_connection(ex.request, reset=True)
         return web.Response()  # never reaches the wire: aiohttp ignores the dead transport
 
     def _fault_response(self, status: int) -> web.Response:
@@ -266,19 +215,19 @@ class Simulator:
         message = _SERVER_ERRORS.get(status, f"Injected failure (HTTP {status}).")
         return _json(error_body(message, kind), status)
 
-    async def _chat(self, ex: _Exchange) -> web.StreamResponse:
+    async def _chat(self, ex: Exchange) -> web.StreamResponse:
         return await self._generate(ex, plan_chat(ex.body, self.model, self.max_tokens_default))
 
-    async def _completions(self, ex: _Exchange) -> web.StreamResponse:
+    async def _completions(self, ex: Exchange) -> web.StreamResponse:
         plan = plan_completion(ex.body, self.model, self.max_tokens_default)
         return await self._generate(ex, plan)
 
-    async def _embeddings(self, ex: _Exchange) -> web.StreamResponse:
+    async def _embeddings(self, ex: Exchange) -> web.StreamResponse:
         plan = plan_embeddings(ex.body, self.model, self.embedding_dimensions)
         self._check_model(plan.model)
         await self._slots.acquire()
         try:
-            await _sleep(self._ttft(plan.prompt_tokens))
+            await _sleep(self._timing.ttft(plan.prompt_tokens, self.faults.extra_ttft_ms))
         finally:
             self._slots.release()
         self.metrics.prompt_tokens += plan.prompt_tokens
@@ -293,7 +242,7 @@ class Simulator:
                 f"The model `{model}` does not exist.", "model", status=404, code="model_not_found"
             )
 
-    def _cached_tokens(self, ex: _Exchange, plan: GenPlan) -> int:
+    def _cached_tokens(self, ex: Exchange, plan: GenPlan) -> int:
         """Prompt tokens the prefix cache holds (block by block, with events, when the
         simulator keeps a KV cache); the prompt is cached for the next request."""
         kv = self.kv_cache
@@ -307,7 +256,7 @@ class Simulator:
             self.kv_publisher.publish(events)
         return cached
 
-    async def _generate(self, ex: _Exchange, plan: GenPlan) -> web.StreamResponse:
+    async def _generate(self, ex: Exchange, plan: GenPlan) -> web.StreamResponse:
         self._check_model(plan.model)
         resp = web.StreamResponse(headers=_SSE_HEADERS) if plan.stream else None
         try:
@@ -318,7 +267,7 @@ class Simulator:
                 cached = self._cached_tokens(ex, plan)
                 self.metrics.prefix_queries += plan.prompt_tokens
                 self.metrics.prefix_hits += cached
-                ttft = self._ttft(plan.prompt_tokens - cached)
+                ttft = self._timing.ttft(plan.prompt_tokens - cached, self.faults.extra_ttft_ms)
                 if resp is None:
                     return await self._whole(ex, plan, cached, ttft)
                 await self._stream(ex, plan, resp, cached, ttft)
@@ -337,8 +286,8 @@ class Simulator:
             assert resp is not None
             return resp  # aiohttp's own write_eof then fails quietly
 
-    async def _whole(self, ex: _Exchange, plan: GenPlan, cached: int, ttft: float) -> web.Response:
-        itls = self._itls(plan.max_new - 1)
+    async def _whole(self, ex: Exchange, plan: GenPlan, cached: int, ttft: float) -> web.Response:
+        itls = self._timing.itls(plan.max_new - 1)
         queued = time.monotonic() - ex.arrival
         await _sleep(ttft + sum(itls))
         body = whole_body(plan, _id(plan), int(time.time()), cached)
@@ -346,12 +295,12 @@ class Simulator:
         return _json(body)
 
     async def _stream(
-        self, ex: _Exchange, plan: GenPlan, resp: web.StreamResponse, cached: int, ttft: float
+        self, ex: Exchange, plan: GenPlan, resp: web.StreamResponse, cached: int, ttft: float
     ) -> None:
         rid, created = _id(plan), int(time.time())
-        out = _SseOut(ex.request, resp, ex.drop_after)
+        out = SseOut(ex.request, resp, ex.drop_after)
         walks = [tokens(seed, plan.skip, plan.max_new) for seed in plan.seeds]
-        itls = self._itls(plan.max_new - 1)
+        itls = self._timing.itls(plan.max_new - 1)
         due, stamps = time.monotonic() + ttft, []
         try:
             for step in range(plan.max_new):
@@ -365,10 +314,10 @@ class Simulator:
                 final = usage(plan.prompt_tokens, plan.max_new * len(walks), cached)
                 out.add(chunk(plan, rid, created, [], final))
             out.add(SSE_DONE)
-        except _DropNow:
+        except DropNow:
             await out.flush(headers=True)
             ex.end_early(aborted=True)
-            _drop_connection(ex.request, reset=False)  # FIN, so the k events surely arrive
+            drop_connection(ex.request, reset=False)  # FIN, so the k events surely arrive
             self.metrics.success["abort"] += 1
             return
         # Counted before [DONE] leaves, so a client that has read [DONE] sees it in the stats.
@@ -380,7 +329,7 @@ class Simulator:
 
     def _emit_step(
         self,
-        out: _SseOut,
+        out: SseOut,
         plan: GenPlan,
         rid: str,
         created: int,
@@ -408,21 +357,6 @@ class Simulator:
             m.itl.observe(gap)
         m.e2e.observe(e2e)
         m.success[plan.finish_reason] += 1
-
-    def _jitter(self) -> float:
-        j = self.profile.jitter
-        return 1.0 + self._jitter_rng.uniform(-j, j) if j else 1.0
-
-    def _ttft(self, uncached_tokens: int) -> float:
-        p = self.profile
-        work = (p.base_ttft_ms + p.prefill_ms_per_token * uncached_tokens) * self._jitter()
-        return (work + self.faults.extra_ttft_ms) / 1e3
-
-    def _itls(self, count: int) -> list[float]:
-        base = self.profile.itl_ms / 1e3
-        if not base or not self.profile.jitter:
-            return [base] * count
-        return [base * self._jitter() for _ in range(count)]
 
     # -- plain endpoints -----------------------------------------------------------------------
 
@@ -494,17 +428,3 @@ def _id(plan: GenPlan) -> str:
 async def _sleep(seconds: float) -> None:
     if seconds > 0:  # the instant profile never yields to the loop for time
         await asyncio.sleep(seconds)
-
-
-def _drop_connection(request: web.BaseRequest, *, reset: bool) -> None:
-    """Kill the client's connection: an RST (SO_LINGER 0, then abort) or an orderly FIN."""
-    transport = request.transport
-    if transport is None:
-        return
-    if not reset:
-        transport.close()  # flushes what was written first
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()

@@ -61,6 +61,31 @@ PROFILES: dict[str, SimProfile] = {
     )
 }
 
+
+class Timing:
+    """A profile's latencies, each later token's and TTFT's factor J drawn by a generator
+    of its own (so latency draws never shift which requests a fault rate picks)."""
+
+    def __init__(self, profile: SimProfile, seed: int) -> None:
+        self.profile = profile
+        self._rng = random.Random(seed)
+
+    def _jitter(self) -> float:
+        j = self.profile.jitter
+        return 1.0 + self._rng.uniform(-j, j) if j else 1.0
+
+    def ttft(self, uncached_tokens: int, extra_ms: float = 0.0) -> float:
+        """Seconds to the first token, a fault's `extra_ms` added."""
+        p = self.profile
+        work = (p.base_ttft_ms + p.prefill_ms_per_token * uncached_tokens) * self._jitter()
+        return (work + extra_ms) / 1e3
+
+    def itls(self, count: int) -> list[float]:
+        base = self.profile.itl_ms / 1e3
+        if not base or not self.profile.jitter:
+            return [base] * count
+        return [base * self._jitter() for _ in range(count)]
+
 # ---------------------------------------------------------------------------------------------
 # Faults
 
