@@ -7,6 +7,9 @@ from typing import Any
 from gateway.canonical import CanonicalRequest
 
 HI = [{"role": "user", "content": "hi"}]
+WEATHER: dict[str, Any] = {"type": "function", "function": {
+    "name": "weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
 def chat(messages: list[dict[str, Any]], stream: bool = False, include_usage: bool = False,

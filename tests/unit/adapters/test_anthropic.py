@@ -10,14 +10,13 @@ import pytest
 
 from adapters.anthropic import AnthropicAdapter, AnthropicStream
 from gateway.canonical import (
-    CanonicalRequest,
     ErrorClass,
     FailureKind,
     Target,
     UpstreamFailure,
     Usage,
 )
-from tests.support.chat_requests import HI, chat
+from tests.support.chat_requests import HI, WEATHER, chat
 from tests.support.provider_mocks import (
     AnthropicMock,
     Failure,
@@ -29,16 +28,6 @@ from tests.support.provider_mocks import (
 )
 
 ADAPTER = AnthropicAdapter()
-TARGET = Target("http://up/v1", "claude-up", "sk-ant", {"anthropic-beta": "b1"})
-WEATHER: dict[str, Any] = {"type": "function", "function": {
-    "name": "weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
-
-
-def built(req: CanonicalRequest, target: Target = TARGET) -> dict[str, Any]:
-    up = ADAPTER.build_request(req, target)
-    body: dict[str, Any] = orjson.loads(up.body)
-    return body
 
 
 MESSAGE = {

@@ -10,14 +10,10 @@ import pytest
 from adapters import get_adapter
 from adapters.anthropic import AnthropicAdapter
 from gateway.canonical import CanonicalRequest, ErrorClass, FailureKind, Target, UpstreamFailure
-from tests.support.chat_requests import HI, chat
+from tests.support.chat_requests import HI, WEATHER, chat
 
 ADAPTER = AnthropicAdapter()
 TARGET = Target("http://up/v1", "claude-up", "sk-ant", {"anthropic-beta": "b1"})
-WEATHER: dict[str, Any] = {"type": "function", "function": {
-    "name": "weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
-
 
 
 def built(req: CanonicalRequest, target: Target = TARGET) -> dict[str, Any]:
