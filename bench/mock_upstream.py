@@ -67,7 +67,9 @@ _NOT_FOUND = _response(b"404 Not Found", b'{"error":{"message":"not found"}}')
 _BAD = _response(b"400 Bad Request", b'{"error":{"message":"bad request"}}')
 _STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                 b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
-_F_CHUNK = _frame(_CHUNK)
+# Two texts in turn: LiteLLM ends a stream whose chunks repeat one text 100 times
+# ("The model is repeating the same chunk"), as 256 identical ones would.
+_F_CHUNKS = (_frame(_CHUNK), _frame(_CHUNK.replace(b'"tok "', b'"tok, "')))
 _F_LAST = _frame(_LAST)
 _F_USAGE = _frame(_USAGE)
 _F_DONE = _frame(b"[DONE]") + b"0\r\n\r\n"
@@ -232,7 +234,7 @@ class MockProtocol(asyncio.Protocol):
             return
         self._sent += 1
         if self._sent < self._s.chunks:
-            transport.write(_F_CHUNK)
+            transport.write(_F_CHUNKS[self._sent & 1])
             # Absolute schedule: chunk i is due at start + i*gap, however late this one ran.
             self._ticker.at(self._start + self._sent * self._s.gap, self._next_chunk)
             return

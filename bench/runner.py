@@ -122,9 +122,14 @@ class Calm:
 
 
 def scenarios(plan: Plan) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = [
-        {"id": f"closed-c{c}", "kind": "closed", "stream": False, "concurrency": c,
-         "duration_s": plan.duration} for c in plan.concurrency]
+    out: list[dict[str, Any]] = []
+    if plan.mem_conns > 0:
+        # First, while each process is fresh: after a load its heap has room to spare,
+        # and new connections would cost no new memory.
+        out.append({"id": "memory", "kind": "memory", "stream": False,
+                    "conns": plan.mem_conns, "streams": plan.mem_streams})
+    out += [{"id": f"closed-c{c}", "kind": "closed", "stream": False, "concurrency": c,
+             "duration_s": plan.duration} for c in plan.concurrency]
     out.append({"id": f"open-r{plan.rate:g}", "kind": "open", "stream": False,
                 "rate": plan.rate, "duration_s": plan.open_duration})
     if plan.single_streams > 0:
@@ -132,9 +137,6 @@ def scenarios(plan: Plan) -> list[dict[str, Any]]:
                     "streams": plan.single_streams})
     out.append({"id": f"stream-c{plan.stream_concurrency}", "kind": "stream", "stream": True,
                 "concurrency": plan.stream_concurrency, "streams": plan.streams})
-    if plan.mem_conns > 0:
-        out.append({"id": "memory", "kind": "memory", "stream": False,
-                    "conns": plan.mem_conns, "streams": plan.mem_streams})
     for sc in out:
         sc["results"] = {}
         sc["rounds"] = {}
