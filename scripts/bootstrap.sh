@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtualenv (.venv). Idempotent and quick when nothing
-# changed: the install is redone only when pyproject.toml changes.
+# changed: the install is redone only when pyproject.toml or constraints.txt changes.
+# Every package is pinned by constraints.txt (scripts/lock.sh regenerates it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
 VENV=.venv
-STAMP="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+STAMP="$VENV/.installed-$(cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)"
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "==> creating $VENV"
@@ -16,7 +17,7 @@ if [ ! -f "$STAMP" ]; then
   echo "==> installing turnout and its dev tools into $VENV (about a minute; pip log: $VENV/pip.log)"
   "$VENV/bin/python" -m pip install -q --upgrade pip >"$VENV/pip.log" 2>&1
   # One line per package as pip collects it, so a first run is not silent.
-  if ! "$VENV/bin/python" -m pip install --progress-bar off -e ".[dev]" 2>&1 \
+  if ! "$VENV/bin/python" -m pip install --progress-bar off -c constraints.txt -e ".[dev]" 2>&1 \
       | tee -a "$VENV/pip.log" \
       | awk '/^Collecting /{n++; printf "    [%3d] %s\n", n, $2; fflush()}'; then
     tail -30 "$VENV/pip.log"; exit 1
