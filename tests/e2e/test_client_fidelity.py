@@ -7,7 +7,8 @@
   messages.count_tokens is Anthropic's own count;
 - the `openai` SDK's Responses API, translated, to an OpenAI-compatible upstream without
   it (the simulator) and to the Anthropic-format mock: plain, streamed, a function tool
-  round trip with previous_response_id, JSON schema output; stored responses per team,
+  round trip with previous_response_id, JSON schema output; a response's usage in the
+  ledger, priced at the deployment's prices; stored responses per team,
   shared by the workers; `store: false`; errors in the Responses API's shape.
 """
 
@@ -204,6 +205,23 @@ def test_responses_translated(client: OpenAI, model: str) -> None:
     assert events[0].type == "response.created" and events[-1].type == "response.completed"
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text == events[-1].response.output_text  # type: ignore[union-attr]
+
+
+def test_a_response_is_in_the_ledger_priced_exactly(
+        gateway: Gateway, client: OpenAI, claude_mock: tuple[AnthropicMock, str]) -> None:
+    mock, _ = claude_mock
+    raw = client.responses.with_raw_response.create(model="claude", input="Price me " + suffix())
+    reply = raw.parse()
+    u = reply.usage
+    assert u is not None  # the mock's counts: the translated request's, and its reply's 6
+    assert (u.input_tokens, u.output_tokens) == (features.count(mock.last.body), 6)
+    assert u.input_tokens_details.cached_tokens == 0
+    e = event(gateway, raw.headers["x-request-id"])
+    assert (e["model"], e["status"]) == ("claude", 200)
+    assert (e["prompt_tokens"], e["completion_tokens"], e["cached_tokens"]) == (
+        u.input_tokens, u.output_tokens, 0)
+    # Sonnet's 3 in, 15 out per 1M: nano-dollars are tokens x price x 1000
+    assert e["cost_usd"] == (u.input_tokens * 3000 + u.output_tokens * 15000) / 1e9
 
 
 def test_function_round_trip_through_anthropic(
