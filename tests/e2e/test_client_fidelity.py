@@ -3,8 +3,8 @@
 - the `anthropic` SDK to an Anthropic-format upstream (the mock, with prompt caching and
   extended thinking as Anthropic documents them): cache_control and thinking reach the
   upstream as written, cache writes and reads come back exactly and are priced in the
-  ledger at their own rates, signed thinking blocks survive a tool-use round trip;
-  messages.count_tokens is Anthropic's own count;
+  ledger at their own rates, signed thinking blocks survive a tool-use round trip (the
+  thinking billed, and priced, as output); messages.count_tokens is Anthropic's own count;
 - the `openai` SDK's Responses API, translated, to an OpenAI-compatible upstream without
   it (the simulator) and to the Anthropic-format mock: plain, streamed, a function tool
   round trip with previous_response_id, JSON schema output; a response's usage in the
@@ -132,7 +132,7 @@ def test_top_level_cache_control_is_passed_through(
     assert mock.last.body["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
 
 
-def test_thinking_round_trip_with_a_tool(claude: Anthropic,
+def test_thinking_round_trip_with_a_tool(gateway: Gateway, claude: Anthropic,
                                         claude_mock: tuple[AnthropicMock, str]) -> None:
     mock, _ = claude_mock
     thinking: Any = {"type": "enabled", "budget_tokens": 2000}
@@ -142,9 +142,19 @@ def test_thinking_round_trip_with_a_tool(claude: Anthropic,
     mock.reply = Reply([ToolCall("weather", {"city": "Paris"}, id="toolu_1")],
                        thinking="The user wants the weather.", redacted="EmwKAhgB")
     try:
-        first = claude.messages.create(model="claude", max_tokens=4000, thinking=thinking,
-                                       tools=tools, messages=[question])
+        raw = claude.messages.with_raw_response.create(
+            model="claude", max_tokens=4000, thinking=thinking, tools=tools, messages=[question])
+        first = raw.parse()
         assert mock.last.body["thinking"] == thinking
+        # Anthropic bills thinking inside output_tokens: the ledger's completion is all of
+        # it, priced as output, and no reasoning_tokens are split out of it.
+        u = first.usage
+        assert u.output_tokens == 5 + features.tokens("The user wants the weather.")
+        assert (u.cache_read_input_tokens, u.cache_creation_input_tokens) == (0, 0)
+        e = event(gateway, raw.headers["x-request-id"])
+        assert (e["prompt_tokens"], e["completion_tokens"], e["reasoning_tokens"]) == (
+            u.input_tokens, u.output_tokens, 0)
+        assert e["cost_usd"] == (u.input_tokens * 3000 + u.output_tokens * 15000) / 1e9
         kinds = [b.type for b in first.content]
         assert kinds == ["thinking", "redacted_thinking", "tool_use"]
         block = first.content[0]
