@@ -1,6 +1,7 @@
-"""The batch lane's queue, the same contract for both stores (the Lua scripts against a
-real redis-server, and their in-memory mirror): leases that lapse hand lines on, results
-written once per custom_id with their settlement, status transitions with claims."""
+"""The batch lane's queue, the same contract for every store (the Lua scripts against a
+real redis-server and a Redis Cluster, and their in-memory mirror): leases that lapse hand
+lines on, results written once per custom_id with their settlement, status transitions
+with claims."""
 
 from __future__ import annotations
 
@@ -11,18 +12,16 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from gateway.store import ALL, AdmitArgs, MemoryStore, SettleArgs, Store, layout
+from gateway.store import ALL, AdmitArgs, SettleArgs, Store, layout
 from gateway.store.batch_base import LineEnd
 from policies.budgets import Budget
 from policies.ratelimits import Limits
-from tests.support.procs import RedisServer
-from tests.support.stores import redis_store
+from tests.support.stores import STORES, store_of
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest, redis_server: RedisServer
-                ) -> AsyncIterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else redis_store(redis_server.url)
+@pytest.fixture(params=STORES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    s = store_of(request, request.param)
     yield s
     await s.close()
 
