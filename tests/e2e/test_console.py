@@ -6,13 +6,16 @@ In the browser: log in, watch live numbers move under traffic, fail a replica an
 its circuit open (live view and incidents), see decisions and spend, create a key that
 then works and revoke it so that it gets 401, rotate one; a read-only user gets no
 controls. Over HTTP: no console route answers without a session; cross-site changes and
-changes without the CSRF token are refused; a read-only user cannot change anything;
-frames add up both workers. Screenshots of every page land in the test's tmp dir (and in
+changes without the CSRF token are refused; a read-only user cannot change anything but
+downloads the Spend page's CSV exports (their exact header rows); frames add up both
+workers. Screenshots of every page land in the test's tmp dir (and in
 $TURNOUT_CONSOLE_SCREENSHOTS when set: how docs/console-live.png was made).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from gateway.console.http import PUBLIC_ASSETS, ROUTES, STATIC
 from gateway.console.sessions import COOKIE
 from selfhost.sim import Faults, Simulator, ThreadedSim
-from tests.support.accounts import auth, new_key, suffix
+from tests.support.accounts import auth, eventually, new_key, suffix
 from tests.support.console import ConsoleClient, Traffic, deployment_rows
 from tests.support.procs import Gateway, RedisServer
 
@@ -164,6 +167,43 @@ def test_a_read_only_user_cannot_change_anything(gateway: Gateway) -> None:
         r = viewer.request(method, path, json=body)
         assert r.status_code == 403 and "read-only" in r.json()["error"], (method, path)
     assert chat(gateway, TEAM_KEY) == 200  # the key it tried to revoke still works
+
+
+USAGE_CSV = "/console/api/admin/usage?format=csv&by=team,model,day"
+EVENTS_CSV = "/console/api/admin/events?format=csv&limit=100000"
+CSV_HEADERS = {
+    USAGE_CSV: "team,model,day,requests,prompt_tokens,completion_tokens,cached_tokens,"
+               "cache_hits,errors,estimated,saved_tokens,cache_write_tokens,reasoning_tokens,"
+               "cost_usd,saved_cost_usd",
+    EVENTS_CSV: "id,request_id,time,team,key_id,model,operation,deployment,stream,"
+                "prompt_tokens,completion_tokens,cached_tokens,cache_write_tokens,"
+                "reasoning_tokens,total_tokens,cost_usd,latency_ms,ttft_ms,status,cache_hit,"
+                "retries,estimated,saved_tokens,saved_cost_usd",
+}
+
+
+def test_the_spend_pages_csv_exports_download_for_a_viewer(gateway: Gateway) -> None:
+    links = re.findall(r'href: "(/console/api/[^"]*format=csv[^"]*)"',
+                       (STATIC / "spend.js").read_text())
+    assert links == [USAGE_CSV, EVENTS_CSV]  # what the Spend page links to
+    assert chat(gateway, TEAM_KEY) == 200  # at least one settled request of the team
+    viewer = ConsoleClient(gateway.url, VIEWER)
+
+    def download(link: str) -> list[dict[str, str]] | None:
+        r = viewer.http.get(link)  # as a link is followed: the cookie, no CSRF token
+        assert r.status_code == 200, (link, r.status_code)
+        assert r.headers["content-type"] == "text/csv; charset=utf-8"
+        if not r.text:  # nothing settled yet: no rows, no header
+            return None
+        assert r.text.split("\n", 1)[0] == CSV_HEADERS[link]
+        rows = [row for row in csv.DictReader(io.StringIO(r.text)) if row["team"] == TEAM]
+        return rows or None
+
+    usage = eventually(lambda: download(USAGE_CSV))  # settled in the background
+    assert {r["model"] for r in usage} == {"chat"} and sum(int(r["requests"]) for r in usage) >= 1
+    events = eventually(lambda: download(EVENTS_CSV))
+    assert ("chat", "app", "200") in {(r["model"], r["key_id"], r["status"]) for r in events}
+    assert TEAM_KEY not in orjson.dumps(events).decode()
 
 
 def test_frames_add_up_both_workers(gateway: Gateway) -> None:
