@@ -2,6 +2,10 @@
 # The one test command: install everything, lint, type-check, run every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The console tests keep a copy of their screenshots here, for CI to keep (.cache/ is
+# gitignored); an existing value wins, an empty one keeps none.
+export TURNOUT_CONSOLE_SCREENSHOTS="${TURNOUT_CONSOLE_SCREENSHOTS-$PWD/.cache/test-artifacts/console}"
+if [ -n "$TURNOUT_CONSOLE_SCREENSHOTS" ]; then mkdir -p "$TURNOUT_CONSOLE_SCREENSHOTS"; fi
 
 scripts/bootstrap.sh
 echo "==> preparing real vLLM on the CPU (venv .venv-vllm and a tiny model; reused when present)"

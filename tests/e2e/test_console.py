@@ -9,7 +9,8 @@ controls. Over HTTP: no console route answers without a session; cross-site chan
 changes without the CSRF token are refused; a read-only user cannot change anything but
 downloads the Spend page's CSV exports (their exact header rows); frames add up both
 workers. Screenshots of every page land in the test's tmp dir (and in
-$TURNOUT_CONSOLE_SCREENSHOTS when set: how docs/console-live.png was made).
+$TURNOUT_CONSOLE_SCREENSHOTS when set, made if missing: scripts/test.sh sets it to
+.cache/test-artifacts/console; how docs/console-live.png was made).
 """
 
 from __future__ import annotations
@@ -226,8 +227,9 @@ def test_frames_add_up_both_workers(gateway: Gateway) -> None:
 
 def shoot(page: Page, folder: Path, name: str) -> None:
     page.screenshot(path=str(folder / f"console-{name}.png"), full_page=False)
-    extra = os.environ.get("TURNOUT_CONSOLE_SCREENSHOTS")
+    extra = os.environ.get("TURNOUT_CONSOLE_SCREENSHOTS")  # scripts/test.sh sets it
     if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(extra) / f"console-{name}.png"))
 
 
