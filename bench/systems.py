@@ -42,6 +42,9 @@ class SystemSpec:
     body: str = "plain"  # bench/bodies.py: plain | unique | repeat
     streams: bool = True  # false: left out of the streaming scenarios (it cannot stream)
     smoke: bool = True
+    # turnout only: another checkout to run (e.g. a worktree at the commit before a change,
+    # measured beside this one in the same run); overrides --turnout-src.
+    src: str | None = None
 
 
 def load_specs(path: Path) -> list[SystemSpec]:
@@ -197,9 +200,10 @@ class Stack:
                               core=self.sut_core)
             proc.wait_http(root + "/health", 15)
         elif spec.kind == "turnout":
-            # --turnout-src: another checkout's packages shadow the editable install's.
-            src = self.turnout_src or REPO
-            if self.turnout_src:
+            # Another checkout's packages shadow the editable install's.
+            other = Path(spec.src) if spec.src else self.turnout_src
+            src = other or REPO
+            if other:
                 env["PYTHONPATH"] = str(src)
             proc = self._proc(spec.name, [sys.executable, "-m", "gateway.cli", "serve",
                                           "--config", str(config), "--port", str(port),
