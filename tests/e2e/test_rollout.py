@@ -9,6 +9,9 @@ pool) behind a client that spreads load and moves on from a refused connection, 
 load balancer does: one replica SIGTERMed mid-run costs no request, one SIGKILLed costs
 only its own requests in flight, and the ledger and the budget stay exact (its
 reservations lapse by their TTL).
+
+Each prints its figures (streams, completed, failed by replica, refusals, seconds from
+SIGTERM to exit, ledger events vs successes).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,8 +172,18 @@ def test_sigterm_drains_streams_cuts_the_late_one_cleanly_and_exits_0(
             for t in threads:
                 t.join(30)
         assert gw.proc.wait(10) == 0  # a drained gateway's exit is a success
+        exit_s = time.monotonic() - signalled  # (seen once the streams had ended)
     finally:
         gw.stop()
+    completed = [s for s in short + long if s.done and s.error is None]
+    failed = [s for s in short + long if not (s.done and s.error is None)]
+    recorded = {e["request_id"]: e for e in events(store)}
+    print(f"\nrollout SIGTERM: {len(short + long)} streams, {len(completed)} completed,"
+          f" failed on its one replica {dict(Counter(s.error for s in failed))} (the last"
+          f" cut {max(s.ended for s in long) - signalled:.2f}s after SIGTERM),"
+          f" exit seen {exit_s:.2f}s after SIGTERM; {len(recorded)} ledger events"
+          f" ({dict(Counter(e['status'] for e in recorded.values()))} by status) for"
+          f" {len(completed)} successes")
     for s in short:
         assert (s.done, s.error, s.chunks) == (True, None, TOKENS), s
     for s in long:
@@ -180,7 +194,6 @@ def test_sigterm_drains_streams_cuts_the_late_one_cleanly_and_exits_0(
     logs = gw.logs()
     assert "Traceback" not in logs and "CancelledError" not in logs
     # Everything settled: one event each, the cut ones billed for what they delivered.
-    recorded = {e["request_id"]: e for e in events(store)}
     assert set(recorded) == {s.request_id for s in short + long}
     assert {recorded[s.request_id]["status"] for s in short} == {200}
     assert {recorded[s.request_id]["status"] for s in long} == {503}
@@ -230,6 +243,7 @@ def test_three_replicas_one_sigtermed_one_sigkilled(
             os.kill(drained.proc.pid, signal.SIGTERM)  # a rollout: the pod's PID 1 only
             sigterm = time.monotonic()
             assert drained.proc.wait(15) == 0
+            exit_s = time.monotonic() - sigterm
             seen = len(load.results)
             load.wait_for(seen + 30)
             kill_from = time.monotonic()
@@ -244,22 +258,26 @@ def test_three_replicas_one_sigtermed_one_sigkilled(
         for g in replicas:
             g.stop()
     results = load.results
+    failed = [s for s in results if not (s.done and s.error is None)]
+    ok = {s.request_id for s in results if s.done and s.error is None}
+    recorded = events(store)
+    paid = {e["request_id"] for e in recorded if e["status"] == 200}
+    print(f"\nrollout 3 replicas: {len(results)} streams, {len(ok)} completed, failed by"
+          f" replica {dict(Counter(s.replica for s in failed))}, {load.refusals} refusals,"
+          f" SIGTERMed replica exited {exit_s:.2f}s after SIGTERM; {len(recorded)} ledger"
+          f" events ({len(paid)} paid) for {len(ok)} successes")
     drained_ones = [s for s in results if s.replica == 0 and s.started < sigterm]
     assert drained_ones and all(s.done and s.error is None for s in drained_ones)
-    failed = [s for s in results if not (s.done and s.error is None)]
     # Only requests in flight on the killed replica when it died failed.
     assert all(s.replica == 1 and s.started < kill_to and s.ended >= kill_from
                for s in failed), failed
     assert load.refusals > 0  # the client did meet closed replicas (and moved on)
     for g in (drained, last):
         assert "Traceback" not in g.logs()
-    ok = {s.request_id for s in results if s.done and s.error is None}
     # The ledger: an event for every success, none twice; a killed request may have been
     # settled just before its client saw the connection go.
-    recorded = events(store)
     ids = [e["request_id"] for e in recorded]
     assert len(ids) == len(set(ids)), "a request was recorded twice"
-    paid = {e["request_id"] for e in recorded if e["status"] == 200}
     assert ok <= paid and paid - ok <= {s.request_id for s in failed}
     assert int(budget(store)["spent"]) == COST_NANOS * len(paid)
     # What the killed replica held lapses by its TTL; the next admission purges it.
