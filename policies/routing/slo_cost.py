@@ -18,8 +18,9 @@ So the cheap self-hosted pool is filled up to what still meets the SLO, and the 
 spills to paid providers.
 
 Incidents end. A deployment shunned because it turned slow or failing, with no outage to
-mark the end (a slowdown, a storm of 429s), gets a probe now and then while it is cheaper
-than the plan's choice (or failing while nothing meets the SLO): the request goes there
+mark the end (a slowdown, a storm of 429s), is on probation from the moment it is
+shunned, whatever its price, and gets a probe now and then while it is no dearer than the
+plan's choice (or failing while nothing meets the SLO): the request goes there
 first, failover behind it, every `PROBE_GAP_S` doubling to `PROBE_GAP_MAX_S` while the
 probes fail. Once its last `RECENT` attempts, all started since it was shunned, met the
 SLO, what was measured since the incident began (its oldest sample over the SLO) is
@@ -224,34 +225,42 @@ class SloCost:
 
     def _probe(self, plan: Plan, deployments: Sequence[Deployment], meets: list[Deployment],
                now: float, tokens: int, slo: float, hints: RouteHints) -> None:
-        """Send this request to a degraded deployment first when one is due a probe and
-        would be preferred if it were well: cheaper than the plan's choice, or the plan
-        meets nothing."""
+        """Put every deployment the incident check finds shunned under probation, and send
+        this request to one first when it is due a probe and would be preferred if it were
+        well: no dearer than the plan's choice (a pool replica whose sibling meets the SLO
+        would share the pool's traffic), or failing while the plan meets nothing."""
         first = plan.candidates[0]
-        cheaper_than = self.price(first, hints)
+        choice_price = self.price(first, hints)
+        probe: tuple[Deployment, _Probe] | None = None
         for d in deployments:
-            if d in meets or d is first:
+            if d in meets:
                 continue
             s = self._board.stats(d)
-            failing = s.error_rate.get(now) > UNHEALTHY_ERROR_RATE
-            # (A slow one is already first when it is the best predicted; a failing one
-            # never is, though its failures may be over.)
-            if not (self.price(d, hints) < cheaper_than or (failing and not plan.meets_slo)):
-                continue
             state = self._probes.get(d.id)
             if state is None:
+                # On probation from the moment it is shunned, whatever its price: what it
+                # answers from now on (as the best of none meeting the SLO, as a failover,
+                # as a probe) is evidence of its recovery.
                 sizes = self._incident(s, now, slo)
                 if sizes is None:
                     continue
                 state = self._probes[d.id] = _Probe(now, slo, now + PROBE_GAP_S, sizes)
-            if now < state.next_at or size_bucket(tokens) > state.sizes:
+            # (A slow one is already first when it is the best predicted; a failing one
+            # never is, though its failures may be over.)
+            if (probe is not None or d is first or now < state.next_at
+                    or size_bucket(tokens) > state.sizes):
                 continue
-            state.next_at = now + state.gap
-            state.gap = min(PROBE_GAP_MAX_S, state.gap * 2)
-            plan.candidates.remove(d)
-            plan.candidates.insert(0, d)
-            plan.reason = f"probing {d.id} (shunned {now - state.since:.1f}s); {plan.reason}"
+            failing = s.error_rate.get(now) > UNHEALTHY_ERROR_RATE
+            if self.price(d, hints) <= choice_price or (failing and not plan.meets_slo):
+                probe = d, state
+        if probe is None:
             return
+        d, state = probe
+        state.next_at = now + state.gap
+        state.gap = min(PROBE_GAP_MAX_S, state.gap * 2)
+        plan.candidates.remove(d)
+        plan.candidates.insert(0, d)
+        plan.reason = f"probing {d.id} (shunned {now - state.since:.1f}s); {plan.reason}"
 
     def _recoveries(self, now: float, slo: float) -> None:
         """Deployments under probation: well again once their last attempts, all started

@@ -284,3 +284,84 @@ def test_a_throttled_provider_is_probed_when_nothing_else_meets_the_slo() -> Non
     plan = policy.plan(chat(), [FAST, PAID], SLO)
     assert plan.candidates[0] is PAID and plan.meets_slo
     assert cloud.error_rate.get(clock.now) == 0.0
+
+
+def test_a_slowed_replica_is_probed_while_its_same_price_sibling_meets_the_slo() -> None:
+    """The slowdown in the end-to-end experiment: the fast replica shunned, the slow one
+    (same pool, same price) meeting the SLO and so the plan's choice, the cloud behind.
+    The fast one would share the pool's traffic if it were well, so it is probed all the
+    same; once it recovers, the probe schedule has it back."""
+    clock = Clock()
+    board = Scoreboard(clock)
+    slowed(clock, board)
+    scrape(board.stats(SLOW), clock.now, running=1)
+    served(board, SLOW, 0.3, 1.0, n=100)
+    policy = SloCost(board)
+    deps = [FAST, SLOW, PAID]
+    probes = []
+    for _ in range(80):  # 5 s of requests, still slow
+        clock.now += 1 / 16
+        plan = policy.plan(chat(), deps, SLO)
+        if plan.candidates[0] is FAST:
+            assert plan.reason.startswith("probing gpu/fast") and plan.candidates[1] is SLOW
+            probes.append(clock.now)
+            served(board, FAST, 0.9, 1.8)
+        else:
+            assert plan.candidates[0] is SLOW
+    assert len(probes) >= 3
+    recovered = clock.now
+    to_fast = []
+    for _ in range(48):  # 3 s of requests after it recovered
+        clock.now += 1 / 16
+        plan = policy.plan(chat(), deps, SLO)
+        if plan.candidates[0] is FAST:
+            to_fast.append(clock.now)
+            served(board, FAST, 0.1, 1.0)
+    # The next probe is at most the longest gap away; then two at once, and it is back.
+    assert to_fast[0] <= recovered + PROBE_GAP_MAX_S
+    assert to_fast[2] - to_fast[0] < 0.2
+    assert policy.predicted_ttft(FAST, clock.now, 100) == 0.1
+    # Back among the pool's replicas: the within-pool step shares the traffic.
+    assert len([t for t in to_fast if t > to_fast[2]]) >= 8
+
+
+def test_a_dearer_shunned_deployment_recovers_by_its_failover_answers() -> None:
+    """A storm of 429s from the cloud while the pool meets the SLO: the cloud is never
+    probed (dearer than the choice), but it is on probation from the moment it is
+    shunned, so the failovers it answers well after the storm have it back at once
+    instead of when its errors decay."""
+    clock = Clock()
+    board = Scoreboard(clock)
+    cloud = board.stats(PAID)
+    served(board, PAID, 0.3, 1.0, n=10)
+    for _ in range(10):
+        board.failed(board.started(PAID), "HTTP 429")
+    served(board, FAST, 0.1, 1.0, n=10)
+    policy = SloCost(board)
+    for _ in range(20):
+        clock.now += 0.1
+        plan = policy.plan(chat(), [FAST, PAID], SLO)
+        assert plan.candidates[0] is FAST and "probing" not in plan.reason
+    served(board, PAID, 0.3, 1.0, n=3)  # failovers from the pool, after the storm
+    clock.now += 0.01
+    policy.plan(chat(), [FAST, PAID], SLO)
+    assert cloud.error_rate.get(clock.now) == 0.0
+    assert policy.predicted_ttft(PAID, clock.now, 100) == 0.3
+
+
+def test_a_shunned_replica_that_is_the_best_of_none_recovers_by_its_answers() -> None:
+    """Nothing meets the SLO and the shunned fast replica is the best predicted: it is the
+    plan's choice, not a probe, and its good answers count towards its recovery."""
+    clock = Clock()
+    board = Scoreboard(clock)
+    slowed(clock, board)
+    for _ in range(10):
+        board.failed(board.started(PAID), "HTTP 503")
+    policy = SloCost(board)
+    plan = policy.plan(chat(), [FAST, PAID], SLO)
+    assert plan.candidates[0] is FAST and not plan.meets_slo
+    clock.now += 0.2  # answered (started after the plan)
+    served(board, FAST, 0.1, 1.0, n=3)
+    plan = policy.plan(chat(), [FAST, PAID], SLO)
+    assert plan.candidates[0] is FAST and plan.meets_slo
+    assert policy.predicted_ttft(FAST, clock.now, 100) == 0.1
