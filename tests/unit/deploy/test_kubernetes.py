@@ -37,7 +37,6 @@ from tests.support.manifests import (
 # The oldest Kubernetes the manifests support (the preStop `sleep` action is on by
 # default from 1.30) and the newest whose schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30", kubernetes_validate.latest_version())
-DEFAULT_DRAIN_S = 30.0  # server.drain_timeout_s's default (issue 17)
 SECRETS_EXAMPLE = K8S / "secrets.example.yaml"
 TURNOUT = str(Path(sys.executable).with_name("turnout"))
 # Stand-ins for the Secrets' values: long enough for keys, a valid URL where one is read.
@@ -155,12 +154,6 @@ def test_secrets_example_names_every_referenced_key_and_holds_no_value() -> None
     assert referenced == listed
 
 
-def _drain_s() -> float:
-    cfg = load_config(K8S / "base/turnout.yaml") if False else None
-    del cfg
-    return DEFAULT_DRAIN_S
-
-
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_and_drain(overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                           ) -> None:
@@ -168,18 +161,20 @@ def test_probes_and_drain(overlay: str, tmp_path: Path, monkeypatch: pytest.Monk
     for key, value in _gateway_env(objs).items():
         monkeypatch.setenv(key, value)
     server = load_config(_config(objs, tmp_path)).server
-    drain = float(getattr(server, "drain_timeout_s", DEFAULT_DRAIN_S))
+    drain = server.drain_timeout_s
     pod = one(objs, "Deployment", "turnout")["spec"]["template"]["spec"]
     gw = container(one(objs, "Deployment", "turnout"), "turnout")
-    (port,) = gw["ports"]
-    assert port == {"name": "http", "containerPort": server.port}
+    assert gw["ports"] == [{"name": "http", "containerPort": server.port},
+                           {"name": "ops", "containerPort": server.ops_port}]
     assert gw["args"] == ["--config", "/etc/turnout/turnout.yaml", "--host", "0.0.0.0",
                           "--port", str(server.port)]
+    # On the ops port: it stays open through a drain (the public one refuses new
+    # connections from SIGTERM on), and its /readyz says 503 from the drain's start.
     probes = {kind: gw[kind]["httpGet"] for kind in
               ("startupProbe", "livenessProbe", "readinessProbe")}
-    assert probes == {"startupProbe": {"path": "/healthz", "port": "http"},
-                      "livenessProbe": {"path": "/healthz", "port": "http"},
-                      "readinessProbe": {"path": "/readyz", "port": "http"}}
+    assert probes == {"startupProbe": {"path": "/healthz", "port": "ops"},
+                      "livenessProbe": {"path": "/healthz", "port": "ops"},
+                      "readinessProbe": {"path": "/readyz", "port": "ops"}}
     # SIGTERM comes after preStop; the drain then has drain_timeout_s, and the margin
     # covers giving leases back, flushing settlement and exiting before SIGKILL.
     pre_stop = gw["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -252,11 +247,22 @@ def test_selectors_and_ports_wire_up(overlay: str) -> None:
     pdb = one(objs, "PodDisruptionBudget", "turnout")["spec"]
     assert pods(pdb["selector"]) == [deploy["spec"]["template"]]
     assert pdb["maxUnavailable"] < hpa["minReplicas"]
+    # The ops port (/metrics, /debug) is kept off the clients' Service: Prometheus finds it
+    # through a Service of its own, and only the monitoring namespace may reach it.
+    assert [p["targetPort"] for p in one(objs, "Service", "turnout")["spec"]["ports"]] == [
+        "http"]
     monitor = one(objs, "ServiceMonitor", "turnout")["spec"]
-    svc = one(objs, "Service", "turnout")
-    assert selects(monitor["selector"], svc["metadata"]["labels"])
-    assert {e["port"] for e in monitor["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}
-    assert [e["path"] for e in monitor["endpoints"]] == ["/metrics"]
+    gateway_services = [o for o in objs if o["kind"] == "Service" and selects(
+        {"matchLabels": o["spec"]["selector"]}, deploy["spec"]["template"]["metadata"]["labels"])]
+    (scraped,) = [s for s in gateway_services if selects(monitor["selector"],
+                                                        s["metadata"]["labels"])]
+    assert scraped["metadata"]["name"] != "turnout"
+    assert [(p["name"], p["targetPort"]) for p in scraped["spec"]["ports"]] == [("ops", "ops")]
+    assert [(e["port"], e["path"]) for e in monitor["endpoints"]] == [("ops", "/metrics")]
+    ingress = one(objs, "NetworkPolicy", "turnout")["spec"]["ingress"]
+    by_port = {p["port"]: rule.get("from") for rule in ingress for p in rule["ports"]}
+    assert by_port == {"http": None, "ops": [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]}
 
 
 def _egress_allows(objs: list[Obj], labels: dict[str, str], port: int) -> bool:
