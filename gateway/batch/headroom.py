@@ -3,21 +3,28 @@ from what the gateway already sees of its replicas (policies/scoreboard.py: the 
 /metrics scrapes, the live TTFT prediction).
 
 Thresholds come from the interactive SLO (the model's `routing.slo_ttft_ms`):
-- a replica queueing requests (vLLM `num_requests_waiting` > 0) is pressure: no new lines,
-  and with `preempt` as many of the lane's lines as requests queue are cancelled (run
-  again later), once per scrape;
+- every replica keeps a reserve of free slots for interactive bursts (`reserve` x its
+  capacity, rounded up): a replica with fewer free slots at a scrape (capacity less
+  running and waiting requests; a queue is the extreme case) is pressure: no new lines,
+  and with `preempt` as many of the lane's lines as the reserves lack are cancelled (run
+  again later), once per scrape. Waiting for a queue would be too late: the requests in
+  it have already lost a slot's time;
 - the pool's best predicted P99 TTFT (slo-cost's service + wait) above `ttft_fraction` x
-  the SLO: no new lines;
+  the SLO: no new lines. The service part comes from this process's streamed first
+  tokens: a `turnout batch-worker` has none (its lines are not streamed), so there only
+  the queue-wait part counts, which the reserve already covers;
 - otherwise lines may fill the pool up to `fill` x its capacity, interactive requests
-  included. A replica's capacity is the most sequences it was seen to run with a queue
-  waiting (vLLM's max_num_seqs), else its running sequences over its KV-cache usage (the
+  included, and no further than every replica's free slots beyond its reserve. A
+  replica's capacity is the most sequences it was seen to run with a queue waiting
+  (vLLM's max_num_seqs), else its running sequences over its KV-cache usage (the
   sequences that fit at today's lengths); one with neither is probed with a few lines.
 
 The lane's own lines are told apart from interactive ones by counting them at each scrape:
 interactive = what the replicas ran and queued at the scrape, less the lane's lines then.
 Between scrapes the lane refills the slots its own lines free, so a pool stays full even
 with long scrape intervals; a rise in interactive load shows at the next scrape (pools'
-`scrape_interval_s`), so the lane backs off within one interval plus one tick.
+`scrape_interval_s`), so the lane backs off within one interval plus one tick. The reserve
+is what absorbs such a rise meanwhile.
 """
 
 from __future__ import annotations
@@ -37,18 +44,20 @@ PROBE = 4  # lines a replica of unknown capacity is given at a time
 
 @dataclass(slots=True)
 class View:
-    """A pool now: lines the lane may add, lines it should cancel, and why."""
+    """A pool now: lines the lane may add, lines it should cancel, and why. `pressure`:
+    the newest scrape shows interactive load into a replica's reserve (set once per
+    scrape, so that the lane backs off once per observation)."""
 
     free: int = 0
     preempt: int = 0
     reason: str = ""
+    pressure: bool = False
 
 
 @dataclass(slots=True)
 class _Seen:
     scraped_at: float = -1.0  # the newest scrape of the pool's replicas seen so far
     lane_then: int = 0  # the lane's lines on the pool when it was seen
-    preempted_at: float = -1.0  # the scrape the last preemption answered
 
 
 class Headroom:
@@ -81,7 +90,8 @@ class Headroom:
         seen = self._seen.setdefault(model, _Seen())
         now = self.board.clock()
         used = capacity = 0.0
-        queued, unknown, known = 0.0, 0, 0
+        spare = lacking = 0.0  # free slots beyond the reserves; missing from them
+        unknown = known = 0
         scraped = -1.0
         for dep in deps:
             p = self.board.stats(dep).pool
@@ -90,23 +100,29 @@ class Headroom:
             known += 1
             scraped = max(scraped, p.scraped_at)
             used += p.running + p.waiting
-            queued += p.waiting
             cap = p.capacity or (p.running / p.kv_usage if p.kv_usage > 0.01 else None)
             if cap:
                 capacity += cap
+                slack = cap - p.running - p.waiting
+                reserve = math.ceil(self.batch.reserve * cap)
+                spare += max(0.0, slack - reserve)
+                # A queue lacks slots however large the capacity seemed (KV-cache short).
+                lacking += max(0.0, reserve - slack, p.waiting)
             else:
                 unknown += 1
+                lacking += p.waiting  # a queue with no capacity known: each one lacks
         if not known:
             return View(0, 0, "no scrape yet")
         fresh = scraped > seen.scraped_at
         if fresh:
             seen.scraped_at, seen.lane_then = scraped, lane_lines
-        if queued > 0:
-            preempt = 0
-            if self.batch.preempt and fresh and seen.preempted_at < scraped:
-                seen.preempted_at = scraped
-                preempt = min(lane_lines, math.ceil(queued))
-            return View(0, preempt, "interactive requests queue")
+        if lacking > 0:
+            view = View(0, 0, "interactive load in a replica's reserve")
+            if fresh:  # answered once per scrape: the next shows what it did
+                view.pressure = True
+                if self.batch.preempt:
+                    view.preempt = min(lane_lines, math.ceil(lacking))
+            return view
         slo = self.slo_s(model)
         if slo is not None:
             best = min((t for d in deps if (t := self._predictor.predicted_ttft(d, now))
@@ -114,6 +130,9 @@ class Headroom:
             if best is not None and best > self.batch.ttft_fraction * slo:
                 return View(0, 0, f"predicted ttft {best * 1000:.0f}ms")
         interactive = max(0.0, used - seen.lane_then)
-        allowed = self.batch.fill * capacity + PROBE * unknown
-        free = math.floor(allowed - interactive - lane_lines)
+        filling = self.batch.fill * capacity + PROBE * unknown - interactive - lane_lines
+        # Lines added since the scrape take the replicas' spare slots; lines ended since
+        # give theirs back.
+        beyond = spare + PROBE * unknown - (lane_lines - seen.lane_then)
+        free = math.floor(min(filling, beyond))
         return View(max(0, free), 0, "" if free > 0 else "full")

@@ -55,12 +55,16 @@ class BatchConfig(_Strict):
     fill: float = Field(0.75, gt=0, le=1, description=(
         "the share of a pool's capacity (sequences, KV cache) that batch lines may fill up"
         " to, interactive traffic included"))
+    reserve: float = Field(0.15, ge=0, lt=1, description=(
+        "the share of each replica's capacity kept free for interactive bursts: no lines"
+        " while a replica has fewer free slots (0: only while requests queue)"))
     ttft_fraction: float = Field(0.5, gt=0, le=1, description=(
         "no lines while the pool's predicted interactive P99 TTFT exceeds this share of"
-        " the SLO"))
+        " the SLO (in `turnout batch-worker` only the predicted queue wait: it sees no"
+        " interactive first tokens)"))
     preempt: bool = Field(True, description=(
-        "when interactive requests queue at a replica, cancel as many lines (run again"
-        " later, not metered)"))
+        "when interactive load takes a replica's reserve, cancel as many lines as the"
+        " reserves lack (run again later, not metered)"))
     max_in_flight: int = Field(256, ge=1, description="lines at once, per process")
     provider_in_flight: int = Field(8, ge=1, description=(
         "lines at once on models with no self-hosted pool, per process"))

@@ -1,6 +1,7 @@
 """How many lines a pool may take, from what the scoreboard holds of its replicas: up to
-`fill` x capacity less interactive load, none while a replica queues (and the lane's
-lines preempted once per scrape), none while the predicted TTFT is too close to the SLO."""
+`fill` x capacity less interactive load and no further than each replica's reserve, none
+while a replica's free slots are below its reserve (and the lane's lines preempted once
+per scrape), none while the predicted TTFT is too close to the SLO."""
 
 from __future__ import annotations
 
@@ -38,12 +39,14 @@ def headroom(**batch: Any) -> tuple[Headroom, Scoreboard, Clock]:
     return Headroom(board, registry, cfg), board, clock  # type: ignore[arg-type]
 
 
-def scrape(board: Scoreboard, clock: Clock, running: float, waiting: float = 0.0,
-           slots: float = 16) -> None:
+def scrape(board: Scoreboard, clock: Clock, running: float | tuple[float, float],
+           waiting: float = 0.0, slots: float = 16) -> None:
+    """Every replica scraped: `running` on each, or (first's, second's)."""
     clock.now += 0.5
-    for dep in REPLICAS:
-        board.stats(dep).record_scrape(waiting=waiting, running=running,
-                                       kv_usage=running / slots, prefix_hit_rate=None,
+    each = running if isinstance(running, tuple) else (running,) * len(REPLICAS)
+    for dep, run in zip(REPLICAS, each, strict=True):
+        board.stats(dep).record_scrape(waiting=waiting, running=run,
+                                       kv_usage=run / slots, prefix_hit_rate=None,
                                        now=clock.now)
 
 
@@ -63,16 +66,40 @@ def test_fills_to_the_fill_share_less_interactive_load() -> None:
 
 
 def test_a_queue_stops_it_and_preempts_once_per_scrape() -> None:
-    room, board, clock = headroom()
+    room, board, clock = headroom(reserve=0)
     scrape(board, clock, running=16, waiting=3)
     first = room.view("chat", 10)
-    assert (first.free, first.preempt) == (0, 6)
-    assert room.view("chat", 10).preempt == 0  # the same scrape: already answered
+    assert (first.free, first.preempt, first.pressure) == (0, 6, True)
+    again = room.view("chat", 10)  # the same scrape: already answered
+    assert (again.free, again.preempt, again.pressure) == (0, 0, False)
     scrape(board, clock, running=16, waiting=1)
     assert room.view("chat", 4).preempt == 2
     room, board, clock = headroom(preempt=False)
     scrape(board, clock, running=16, waiting=3)
-    assert room.view("chat", 10).preempt == 0
+    view = room.view("chat", 10)
+    assert (view.preempt, view.pressure) == (0, True)  # no cancelling, still a back-off
+
+
+def test_a_replica_in_its_reserve_stops_it_before_a_queue() -> None:
+    # 16 slots each, a reserve of 4: 13 running on one replica leaves it 3 free.
+    room, board, clock = headroom(reserve=0.25, fill=1.0)
+    scrape(board, clock, running=(13, 2))
+    view = room.view("chat", 6)
+    assert (view.free, view.preempt, view.pressure) == (0, 1, True)
+    assert room.view("chat", 5).pressure is False  # once per scrape
+    scrape(board, clock, running=(12, 2))  # 4 free on each: none lacking, and the
+    # second's 14 - 4 = 10 beyond its reserve, less the lane's lines added since
+    assert room.view("chat", 5).free == 10
+    assert room.view("chat", 8).free == 10 - 3
+
+
+def test_the_reserve_outranks_the_fill_share() -> None:
+    room, board, clock = headroom(reserve=0.25, fill=1.0)
+    scrape(board, clock, running=4)  # 12 free each, 8 of them beyond the reserve
+    assert room.view("chat", 0).free == 16  # not the fill's 32 - 8
+    room, board, clock = headroom(reserve=0.25, fill=0.5)
+    scrape(board, clock, running=4)
+    assert room.view("chat", 0).free == 16 - 8  # the fill's share is the smaller here
 
 
 def test_a_slow_prediction_stops_it() -> None:
