@@ -9,6 +9,7 @@ interactive traffic (admission, routing, failover, metering).
     lines.py      input lines: validated, turned into requests; output and error lines
     headroom.py   how many lines a pool can take now without hurting interactive SLOs
     lane.py       the scheduler: leases lines, dispatches them, writes their results
+    pace.py       the lane's limit per pool: halves under pressure, regrows a line a tick
     finish.py     validation before a batch runs, its files once it ends
     lane_pipeline.py  the lane's pipeline: the interactive one's stages, a discount
     system.py     composition: what `services.py` starts

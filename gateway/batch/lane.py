@@ -1,9 +1,11 @@
 """The batch lane: a scheduler that runs batches' lines on the pools' spare capacity.
 
-Every tick it asks `Headroom` how many lines each batch's pool can take now, leases that
-many from the store and runs each through the lane's pipeline (`line_run.py`); every
-second it scans the active batches for steps outside their lines (validation, expiry,
-cancellation, finalization: `finish.py`); while it runs lines it renews their leases.
+Every tick it asks `Headroom` how many lines each batch's pool can take now, takes no
+more than its `Pace` for that pool allows (a limit that halves when interactive load
+presses, and regrows a line a tick), leases that many from the store and runs each
+through the lane's pipeline (`line_run.py`); every second it scans the active batches
+for steps outside their lines (validation, expiry, cancellation, finalization:
+`finish.py`); while it runs lines it renews their leases.
 Lines are leased, not owned: a lane that dies leaves leases that lapse after `lease_s`,
 and another lane (or this one, restarted) runs those lines again. A line's result and its
 settlement are written together, once (`store/batch_base.py`).
@@ -31,6 +33,7 @@ from gateway.batch.batches import FINAL, number, text
 from gateway.batch.finish import Finisher
 from gateway.batch.headroom import Headroom
 from gateway.batch.line_run import LineRunner
+from gateway.batch.pace import Pace
 from gateway.batch.progress import LaneMetrics
 from gateway.batch.settings import BatchConfig
 from gateway.canonical import Operation
@@ -87,6 +90,8 @@ class Lane:
         self._task: asyncio.Task[None] | None = None
         self._scan_at = self._renew_at = 0.0
         self._stopping = False
+        self._paces: dict[str, Pace] = {}  # per model: how many lines it may have (pace.py)
+        self._ticks = 0
 
     @property
     def running(self) -> int:
@@ -234,6 +239,7 @@ class Lane:
     async def _dispatch(self) -> None:
         if self._stopping:
             return
+        self._ticks += 1
         cfg, now = self.cfg, time.monotonic()
         in_flight = self.running
         on_model: dict[str, int] = {}
@@ -249,13 +255,18 @@ class Lane:
             if b.parsed is None:
                 self._aside(b, self._load(b))
                 continue
-            view = self.headroom.view(b.model, on_model.get(b.model, 0))
+            lines_on = on_model.get(b.model, 0)
+            view = self.headroom.view(b.model, lines_on)
             if self.metrics is not None:
                 self.metrics.headroom.labels(b.model).set(view.free)
             if view.preempt:
                 self._preempt(b.model, view.preempt)
-            count, spill = min(view.free, cfg.max_in_flight - in_flight), None
-            if count <= 0 and self._spills(b):
+            pace = self._paces.get(b.model)
+            if pace is None:
+                pace = self._paces[b.model] = Pace(cfg.max_new_per_tick, cfg.max_in_flight)
+            count = min(pace.room(self._ticks, lines_on, view), cfg.max_in_flight - in_flight)
+            spill = None
+            if view.free <= 0 and self._spills(b):  # the pool has no room, not just no pace
                 spill = cfg.spill.models[b.model]
                 count = min(cfg.spill.in_flight - spilled, cfg.max_in_flight - in_flight)
             if count <= 0:
@@ -266,7 +277,8 @@ class Lane:
                 self._launch(b, member, spill)
             in_flight += len(taken.members)
             if spill is None:
-                on_model[b.model] = on_model.get(b.model, 0) + len(taken.members)
+                on_model[b.model] = lines_on + len(taken.members)
+                pace.took(len(taken.members))
             else:
                 spilled += len(taken.members)
 

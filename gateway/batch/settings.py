@@ -66,6 +66,8 @@ class BatchConfig(_Strict):
         "when interactive load takes a replica's reserve, cancel as many lines as the"
         " reserves lack (run again later, not metered)"))
     max_in_flight: int = Field(256, ge=1, description="lines at once, per process")
+    max_new_per_tick: int = Field(8, ge=1, description=(
+        "new lines per model per tick at most: refills come in small steps, not bursts"))
     provider_in_flight: int = Field(8, ge=1, description=(
         "lines at once on models with no self-hosted pool, per process"))
     lease_s: float = Field(60, gt=0, description=(
