@@ -10,7 +10,10 @@ run twice on the same schedule: without a batch, then with a `--lines` batch cre
 the start of the day. Reported: interactive P50/P99 TTFT
 and SLO attainment (TTFT <= `--slo-ms`) for each run, the batch's completion time, and the
 pool's utilisation (running sequences / slots, sampled from the replicas) overall and in
-the troughs (the hours whose rate is in the lowest quarter of the range).
+the troughs (the hours whose rate is in the lowest quarter of the range), and how often
+a replica had requests queued for a slot (sampled too): the simulated TTFT does not grow
+with load, so a queue is the one way the lane can slow interactive requests there, and
+a TTFT tail without queues is the host's CPU.
 
     python -m bench.batch_lane                 # ~6 minutes: 2 x a 150 s day, 5,000 lines
     python -m bench.batch_lane --short         # ~1 minute: the same, scaled down
@@ -53,6 +56,7 @@ class Plan:
     output_tokens: int = 24
     itl_ms: float = 25.0
     fill: float = 0.75  # batch.fill
+    reserve: float = 0.15  # batch.reserve
     seed: int = 1
 
     def rate(self, t: float) -> float:
@@ -80,7 +84,10 @@ class Run:
     batch: bool
     ttft_s: list[tuple[float, float]] = field(default_factory=list)  # (sent at, ttft)
     errors: int = 0
-    samples: list[tuple[float, float, float]] = field(default_factory=list)  # (t, used, lane)
+    # (t, running, waiting, lane's lines): waiting is interactive requests (or lines)
+    # queued for a slot, the one way the simulated pool slows a request down; a TTFT tail
+    # without queues is the host's CPU (the simulated TTFT does not grow with load).
+    samples: list[tuple[float, float, float, float]] = field(default_factory=list)
     batch_done_s: float | None = None
     batch_status: str = ""
     preempted: float = 0.0
@@ -103,7 +110,7 @@ def config(plan: Plan, urls: list[str], files: str, redis: str) -> dict[str, Any
         "routing": {"slo_ttft_ms": plan.slo_ms},
         "telemetry": {"access_log": False},
         "batch": {"storage": {"path": files}, "lease_s": 30, "run_in_serve": False,
-                  "fill": plan.fill},
+                  "fill": plan.fill, "reserve": plan.reserve},
     }
 
 
@@ -135,14 +142,17 @@ async def interactive(session: aiohttp.ClientSession, url: str, plan: Plan, run:
 
 async def sample(session: aiohttp.ClientSession, sims: list[str], lane: str,
                  run: Run, start: float, stop: asyncio.Event) -> None:
-    """The replicas' running sequences and the lane's lines, every half second."""
+    """The replicas' running and waiting sequences and the lane's lines, every half
+    second."""
     while not stop.is_set():
-        used = 0.0
+        used = waiting = 0.0
         for sim in sims:
             async with session.get(sim + "/sim/stats") as resp:
-                used += (await resp.json())["running"]
+                stats = await resp.json()
+            used += stats["running"]
+            waiting += stats["waiting"]
         lines = await metric(session, lane, "turnout_batch_lines_running")
-        run.samples.append((time.monotonic() - start, used, lines))
+        run.samples.append((time.monotonic() - start, used, waiting, lines))
         await asyncio.sleep(0.5)
 
 
@@ -227,8 +237,10 @@ def one_run(plan: Plan, sims: list[str], work: Path, with_batch: bool) -> Run:
 def summary(plan: Plan, run: Run) -> dict[str, Any]:
     ttfts = [t for _, t in run.ttft_s]
     slots = plan.replicas * SLOTS
-    util = [used / slots for _, used, _ in run.samples]
-    trough = [used / slots for t, used, _ in run.samples if t <= plan.day_s and plan.trough(t)]
+    util = [used / slots for _, used, _, _ in run.samples]
+    trough = [used / slots for t, used, _, _ in run.samples
+              if t <= plan.day_s and plan.trough(t)]
+    queued = [waiting for t, _, waiting, _ in run.samples if t <= plan.day_s]
     return {
         "batch": run.batch, "requests": len(ttfts) + run.errors, "errors": run.errors,
         "ttft_p50_ms": round(quantile(ttfts, 0.5) * 1000, 1),
@@ -240,6 +252,11 @@ def summary(plan: Plan, run: Run) -> dict[str, Any]:
                                     / max(1, len(ttfts) + run.errors), 2),
         "utilisation_pct": round(100 * sum(util) / max(1, len(util)), 1),
         "trough_utilisation_pct": round(100 * sum(trough) / max(1, len(trough)), 1),
+        # Of the samples during the day: how often a replica had a queue, how long the
+        # longest was.
+        "queued_samples_pct": round(100 * sum(w > 0 for w in queued) / max(1, len(queued)),
+                                    1),
+        "waiting_max": max(queued, default=0.0),
         "batch_status": run.batch_status or None, "batch_completion_s": run.batch_done_s,
         "lines_preempted": run.preempted,
     }
