@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from gateway.accounting.accounts import Accounts, declared_principals
@@ -55,6 +56,7 @@ from gateway.telemetry.tracing import Tracing
 from gateway.wire.base import RedisConnection, get, post_json
 from gateway.wire.http_client import UpstreamClient
 from gateway.wire.redis_client import open_redis
+from policies.breakers import Breakers
 from policies.kv_index import KvIndex, KvView
 from policies.leases import MAX_AGE_S
 from policies.lockout import Lockout
@@ -121,7 +123,8 @@ class Services:
         recorder = console_recorder(cfg)  # settled requests, sampled while a console is open
         self.telemetry = telemetry = Telemetry(cfg, tracing, failover, recorder)
         stack.push_async_callback(telemetry.shutdown)  # after everything else: flushes spans
-        await self._monitor_pools(registry, board)
+        await self._monitor_pools(registry, board,
+                                  failover.breakers if failover is not None else None)
 
         # State: the store, teams and keys, admission, the cache.
         redis = self._redis()
@@ -260,27 +263,36 @@ class Services:
             return None
         return LeaseHolder(store, loop, ttl_ms=ttl_ms)
 
-    async def _monitor_pools(self, registry: Registry, board: Scoreboard) -> None:
-        """Probe and scrape every pool replica; resolve DNS pools before serving."""
+    async def _monitor_pools(self, registry: Registry, board: Scoreboard,
+                             breakers: Breakers | None) -> None:
+        """Probe and scrape every pool replica; resolve DNS pools before serving. A replica
+        the monitor sees back from an outage is the circuit breakers' news at once: their
+        own health check (every `health_check_interval_s`) and cooldown would otherwise
+        hold its probe back after routing already wants it."""
         for pool in self.config.pools:
             simulated = registry.simulated.get(pool.name)
             spec = PoolSpec(pool.name, tuple(simulated or pool.endpoints), pool.resolver,
                             pool.dns_interval_s, pool.probe_interval_s, pool.scrape_interval_s,
                             max_num_seqs=pool.max_num_seqs)
-            monitor = self._monitor(spec, registry, board)
+            monitor = self._monitor(spec, registry, board, breakers)
             if any(e.startswith("dns://") for e in spec.endpoints):
                 await monitor.refresh_members()
             monitor.start()
             self._stack.push_async_callback(monitor.stop)
 
-    def _monitor(self, spec: PoolSpec, registry: Registry, board: Scoreboard) -> PoolMonitor:
+    def _monitor(self, spec: PoolSpec, registry: Registry, board: Scoreboard,
+                 breakers: Breakers | None) -> PoolMonitor:
         name, client = spec.name, self.client
+        recovered: Callable[[str], None] | None = None
+        if breakers is not None:
+            def recovered(root: str) -> None:
+                breakers.healthy_now(replica_id(name, root))
         return PoolMonitor(
             spec, lambda url, timeout_s: get(client, url, timeout_s),
             members=lambda: registry.members[name],
             on_members=lambda roots: registry.set_members(name, roots),
             stats=lambda root: board.by_id(replica_id(name, root)),
-            clock=board.clock)
+            clock=board.clock, on_recovered=recovered)
 
     async def stop(self) -> None:
         await self._stack.aclose()

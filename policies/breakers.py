@@ -2,6 +2,7 @@
 
     CLOSED ──(N consecutive failures, or failure rate ≥ R over ≥ M attempts in the window)──▶ OPEN
     OPEN ──(cooldown over, and the active health check, if any, not failing)──▶ HALF_OPEN
+    OPEN ──(the pool's monitor sees the replica back: `healthy_now`, no cooldown)──▶ HALF_OPEN
     HALF_OPEN ──(the one probe request succeeds)──▶ CLOSED
     HALF_OPEN ──(the probe fails)──▶ OPEN (a new cooldown)
 
@@ -139,6 +140,15 @@ class Breaker:
         if probe and self.state is CircuitState.HALF_OPEN:
             self.probing = False
 
+    def healthy_now(self, now: float) -> None:
+        """Another check of its own saw the deployment well again (the pool monitor found
+        a stopped or killed replica back): an open circuit's next request is its probe at
+        once. Waiting out the cooldown, or this breaker's next health check, would only
+        keep a recovered replica's traffic on the others meanwhile."""
+        if self.state is CircuitState.OPEN:
+            self.health = True
+            self.open_until = min(self.open_until, now)
+
     def block(self, now: float, seconds: float) -> None:
         """The upstream asked us (Retry-After) not to send before `now + seconds`."""
         self.blocks_total += 1
@@ -205,6 +215,13 @@ class Breakers:
     def _opened(self, breaker: Breaker) -> None:
         if self.on_open is not None:
             self.on_open(breaker)
+
+    def healthy_now(self, deployment_id: str) -> None:
+        """The deployment was seen well again (`Breaker.healthy_now`); one never tried has
+        no circuit to close."""
+        b = self._by_id.get(deployment_id)
+        if b is not None:
+            b.healthy_now(self.clock())
 
     def open(self) -> list[Breaker]:
         return [b for b in self._by_id.values() if b.state is CircuitState.OPEN]

@@ -116,18 +116,21 @@ class PoolMonitor:
 
     `fetch` does the HTTP GETs, `members()` gives the current server roots,
     `on_members(roots)` reports a change, `stats(root)` is where a replica's telemetry
-    goes, `clock` stamps scrapes.
+    goes, `clock` stamps scrapes, `on_recovered(root)` hears that a replica in trouble
+    (down to probes or scrapes) answers both again, the moment the monitor sees it.
     """
 
     def __init__(self, pool: PoolSpec, fetch: Fetch, *,
                  members: Callable[[], list[str]], on_members: Callable[[list[str]], None],
-                 stats: Callable[[str], DeploymentStats], clock: Callable[[], float]) -> None:
+                 stats: Callable[[str], DeploymentStats], clock: Callable[[], float],
+                 on_recovered: Callable[[str], None] | None = None) -> None:
         self.pool = pool
         self._fetch = fetch
         self._members = members
         self._on_members = on_members
         self._stats = stats
         self._clock = clock
+        self._on_recovered = on_recovered
         self._tasks: list[asyncio.Task[None]] = []
         self._prefix_last: dict[str, tuple[float, float]] = {}
 
@@ -182,7 +185,16 @@ class PoolMonitor:
 
     async def probe(self, root: str, timeout_s: float = _TIMEOUT_S) -> None:
         got = await self._get(root + "/health", timeout_s)
-        self._replica(root).record_health(got is not None and got[0] == 200, self._clock())
+        stats = self._replica(root)
+        troubled = stats.pool.trouble_from is not None
+        stats.record_health(got is not None and got[0] == 200, self._clock())
+        self._recovered(root, stats, troubled)
+
+    def _recovered(self, root: str, stats: DeploymentStats, troubled: bool) -> None:
+        """After a probe or scrape of a replica `troubled` before it: tell `on_recovered`
+        if that ended the incident (the last of the two to answer again does)."""
+        if troubled and stats.pool.trouble_from is None and self._on_recovered is not None:
+            self._on_recovered(root)
 
     async def recheck_troubled(self) -> None:
         """Probe and scrape, on a short timeout, the replicas in trouble only."""
@@ -202,6 +214,7 @@ class PoolMonitor:
         if got is None or got[0] != 200:
             stats.scrape_failed()
             return
+        troubled = tele.trouble_from is not None
         m = parse_vllm_metrics(got[1])
         hit_rate = tele.prefix_hit_rate
         if m.prefix_queries is not None and m.prefix_hits is not None:
@@ -211,3 +224,4 @@ class PoolMonitor:
             self._prefix_last[root] = (m.prefix_queries, m.prefix_hits)
         stats.record_scrape(waiting=m.waiting, running=m.running, kv_usage=m.kv_usage,
                             prefix_hit_rate=hit_rate, now=self._clock(), completed=m.completed)
+        self._recovered(root, stats, troubled)

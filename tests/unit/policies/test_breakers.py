@@ -90,6 +90,37 @@ def test_failing_health_check_keeps_it_open() -> None:
     assert b.health is None  # forgotten once closed
 
 
+def test_healthy_now_lets_the_probe_through_at_once() -> None:
+    """The pool's monitor sees a stopped replica back: neither the cooldown nor a failing
+    last health check of the breaker's own holds its probe back."""
+    b = Breaker(SETTINGS)
+    for t in range(3):
+        b.failure(t, False, "timeout")  # open until 7.0
+    b.health = False
+    assert b.admit(2.5) is Pass.NO
+    b.healthy_now(2.6)
+    assert b.health is True and b.admit(2.6) is Pass.PROBE
+    assert b.admit(2.7) is Pass.NO  # still one probe at a time
+    b.healthy_now(2.8)  # half-open: the probe in flight decides
+    assert b.state is CircuitState.HALF_OPEN and b.admit(2.9) is Pass.NO
+    b.success(3.0, True)
+    b.healthy_now(3.1)  # closed: nothing to do
+    assert b.state is CircuitState.CLOSED and b.health is None and b.open_until == 2.6
+
+
+def test_healthy_now_by_deployment_id() -> None:
+    clock = [0.0]
+    breakers = Breakers(SETTINGS, lambda: clock[0])
+    a = dep("a")
+    for t in range(3):
+        breakers.get(a).failure(t, False, "connect_error: refused")
+    clock[0] = 3.0
+    breakers.healthy_now("a")
+    breakers.healthy_now("never-tried")  # no circuit: none is made
+    assert breakers.get(a).admit(3.0) is Pass.PROBE
+    assert set(breakers.snapshot()) == {"a"}
+
+
 def test_retry_after_blocks_even_when_closed_and_is_capped() -> None:
     b = Breaker(SETTINGS)
     b.block(10.0, 2.0)

@@ -8,7 +8,7 @@ import itertools
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from openai import OpenAI
 
 from gateway.config import ConfigError, parse_config
 from gateway.registry import replica_id
+from policies.breakers import CircuitState, Pass
 from policies.routing.slo_cost import PROBE_GAP_MAX_S, PROBE_GAP_S
 from policies.scoreboard import Scoreboard
 from selfhost.pool import PoolMonitor, PoolSpec, parse_vllm_metrics
@@ -173,10 +174,12 @@ class Replica:
 
 
 def monitor_of(replica: Replica, board: Scoreboard, clock: Clock,
-               max_num_seqs: int | None = None) -> PoolMonitor:
+               max_num_seqs: int | None = None,
+               on_recovered: Callable[[str], None] | None = None) -> PoolMonitor:
     spec = PoolSpec("gpu", ("http://r:8000",), max_num_seqs=max_num_seqs)
     return PoolMonitor(spec, replica.fetch, members=lambda: ["http://r:8000"],
-                       on_members=lambda roots: None, stats=board.by_id, clock=clock)
+                       on_members=lambda roots: None, stats=board.by_id, clock=clock,
+                       on_recovered=on_recovered)
 
 
 async def test_configured_capacity_holds_until_a_queue_is_seen() -> None:
@@ -217,6 +220,63 @@ async def test_a_replica_in_trouble_is_rechecked_until_it_is_fine() -> None:
     await monitor.recheck_troubled()  # probe and scrape at once: back
     assert stats.pool.healthy and not stats.pool.stale and stats.pool.trouble_from is None
     assert stats.incident == (1000.0, 1006.25)
+
+
+async def test_the_monitor_tells_when_a_replica_is_back_from_an_outage() -> None:
+    """Once, when the last of probe and scrape answers again; not on every fine round."""
+    clock, replica = Clock(), Replica()
+    board = Scoreboard(clock)
+    back: list[str] = []
+    monitor = monitor_of(replica, board, clock, on_recovered=back.append)
+    await monitor.probe_all()
+    await monitor.scrape_all()
+    assert back == []  # fine all along: nothing ended
+    replica.health = replica.metrics = None  # stopped
+    clock.now += 1
+    await monitor.probe_all()
+    await monitor.scrape_all()
+    replica.health = 200
+    clock.now += 0.25
+    await monitor.recheck_troubled()  # /health answers, scrapes still fail: not yet
+    assert back == []
+    replica.metrics = "vllm:num_requests_running 3.0\n"
+    clock.now += 0.25
+    await monitor.recheck_troubled()
+    assert back == ["http://r:8000"]
+    await monitor.probe_all()
+    await monitor.scrape_all()
+    assert back == ["http://r:8000"]
+
+
+async def test_the_gateway_opens_the_probe_once_its_monitor_sees_the_replica_back() -> None:
+    """Composition: the pool's monitor tells the circuit breakers. A replica's circuit,
+    opened in an outage, lets its probe through as soon as the monitor finds the replica
+    back, not after the (here one-minute) cooldown."""
+    sim = Simulator("instant")
+    with ThreadedSim(sim) as sims:
+        async with serving({
+                "failover": {"breaker": {"cooldown_s": 60}},
+                "pools": [{"name": "gpu", "endpoints": sims.urls, "probe_interval_s": 0.05}],
+                "models": {"m": {"deployments": [{"target": "gpu", "model": "x"}]}}}) as gw:
+            services = gw.services
+            assert services.failover is not None
+            board = services.pipeline.dispatcher.runner.board
+            dep = services.registry.models["m"][0]
+            stats, breaker = board.stats(dep), services.failover.breakers.get(dep)
+            sim.faults = Faults(unhealthy=True)  # its engine died
+            deadline = time.monotonic() + 10
+            while stats.pool.trouble_from is None:
+                assert time.monotonic() < deadline, "never seen down"
+                await asyncio.sleep(0.02)
+            for _ in range(5):
+                breaker.failure(board.clock(), False, "HTTP 503")
+            assert breaker.state is CircuitState.OPEN
+            sim.faults = Faults()  # back
+            deadline = time.monotonic() + 5
+            while stats.pool.trouble_from is not None:
+                assert time.monotonic() < deadline, "never seen back"
+                await asyncio.sleep(0.02)
+            assert breaker.admit(board.clock()) is Pass.PROBE
 
 
 def test_pool_config_takes_max_num_seqs() -> None:
