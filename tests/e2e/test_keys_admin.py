@@ -86,31 +86,39 @@ def test_admin_requires_the_admin_key(gateway: Gateway) -> None:
     assert {ALPHA, BETA} <= {t["name"] for t in teams}
 
 
-@pytest.mark.parametrize(("method", "path", "body"), [
-    ("PUT", "teams/new-team", {"limits": {"rpm": -1}}),
-    ("PUT", "teams/new-team", {"models": ["no-such-model"]}),
-    ("PUT", "teams/new-team", {"budget": {"usd": 5, "period": "weekly"}}),
-    ("PUT", "teams/new-team", {"surprise": 1}),
-    ("PUT", "teams/new-team", b"{not json"),
-    ("PUT", "teams/bad%20name", {}),
-    ("POST", f"teams/{ALPHA}/keys", {"id": "has space"}),
-    ("POST", f"teams/{ALPHA}/keys", [1, 2]),
-    ("GET", "usage?by=colour", None),
-    ("GET", "usage?from=yesterday", None),
-    ("GET", "events?limit=0", None),
-    ("PUT", "teams/new-team", {"budget": {"usd": 1e300}}),  # was a 500 (OverflowError)
-    ("PUT", "teams/%2E%2E", {}),  # ".." (a client would resolve it as a path)
-    ("PUT", "teams/%2E%2E", {}),  # ".." (a client would resolve it as a path)
-    ("GET", "usage?from=2026-13-45", None),
-    ("GET", "events?after=garbage", None),  # was a 500 (Redis: Invalid stream ID)
+# `param`: the field the error names, where the API names one (None: it does not).
+@pytest.mark.parametrize(("method", "path", "body", "param"), [
+    ("PUT", "teams/new-team", {"limits": {"rpm": -1}}, None),
+    ("PUT", "teams/new-team", {"models": ["no-such-model"]}, "models"),
+    ("PUT", "teams/new-team", {"budget": {"usd": 5, "period": "weekly"}}, None),
+    ("PUT", "teams/new-team", {"surprise": 1}, None),
+    ("PUT", "teams/new-team", b"{not json", None),
+    ("PUT", "teams/bad%20name", {}, None),
+    ("POST", f"teams/{ALPHA}/keys", {"id": "has space"}, None),
+    ("POST", f"teams/{ALPHA}/keys", {"id": ".."}, None),  # a key id that is a path step
+    ("POST", f"teams/{ALPHA}/keys", [1, 2], None),
+    ("GET", "usage?by=colour", None, "by"),
+    ("GET", "usage?from=yesterday", None, "from"),
+    ("GET", "events?limit=0", None, "limit"),
+    ("PUT", "teams/new-team", {"budget": {"usd": 1e300}}, None),  # was a 500 (OverflowError)
+    ("PUT", "teams/%2E%2E", {}, None),  # ".." (a client would resolve it as a path)
+    ("GET", "usage?from=2026-13-45", None, "from"),
+    ("GET", "events?after=garbage", None, "after"),  # was a 500 (Redis: Invalid stream ID)
 ])
-def test_admin_bad_input_is_400(gateway: Gateway, method: str, path: str, body: Any) -> None:
+def test_admin_bad_input_is_400(gateway: Gateway, method: str, path: str, body: Any,
+                                param: str | None) -> None:
     kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
     r = admin(gateway, method, path, headers=ADMIN_HEADERS, **kwargs)
     assert r.status_code == 400, r.text
-    assert r.json()["error"]["type"] == "invalid_request_error"
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param, error
     assert "Traceback" not in r.text
     assert admin(gateway, "GET", "teams/new-team", headers=ADMIN_HEADERS).status_code == 404
+    ids = [k["id"] for k in admin(gateway, "GET", f"teams/{ALPHA}/keys",
+                                  headers=ADMIN_HEADERS).json()["data"]]
+    assert ".." not in ids and "has space" not in ids
 
 
 def test_key_lifecycle_and_immediate_revocation(gateway: Gateway) -> None:
