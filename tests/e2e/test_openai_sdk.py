@@ -167,6 +167,17 @@ def test_unknown_model_is_404(client: OpenAI) -> None:
     assert info.value.code == "model_not_found"
 
 
+def test_a_huge_unknown_model_name_is_quoted_bounded(client: OpenAI) -> None:
+    model = "x" * 60_000  # under this gateway's 64 KiB body limit (more: a 413 first)
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model=model, messages=MESSAGES)
+    assert info.value.status_code == 404 and info.value.code == "model_not_found"
+    assert info.value.param == "model"
+    message = info.value.body["message"]  # type: ignore[index]
+    assert "x" * 256 + "…" in message  # the name's first 256 characters, then a cut
+    assert "x" * 257 not in message and len(message) < 400, len(message)
+
+
 def test_unknown_route_and_method_in_openai_shape(gateway: Gateway) -> None:
     r = httpx.get(gateway.url + "/v1/nothing")
     assert r.status_code == 404 and "error" in r.json()
