@@ -70,7 +70,8 @@ class Load(Clients[tuple[str, int, str | None, float]]):
 
     def __init__(self, url: str, clients: int = 8, pace_s: float = 0.02) -> None:
         super().__init__(clients)
-        self.url, self.pace_s = url, pace_s
+        self.url, self.pace_s, self.clients = url, pace_s, clients
+        self.during = slice(0, 0)  # the results of requests that overlapped the fault
 
     def client(self, index: int) -> None:
         body = {"model": "m", "messages": EXACT_MESSAGES, "max_tokens": 5}
@@ -93,6 +94,16 @@ class Load(Clients[tuple[str, int, str | None, float]]):
     def ok(self) -> set[str]:
         return {rid for rid, status, _, _ in self.results if status == 200}
 
+    def summary(self, drill: str, events: int) -> None:
+        """One line per drill (`pytest -s` shows it)."""
+        errors: dict[str, int] = {}
+        for _, status, code, _ in self.results:
+            if status != 200:
+                errors[f"{status} {code}"] = errors.get(f"{status} {code}", 0) + 1
+        worst = max((seconds for *_, seconds in self.results[self.during]), default=0.0)
+        print(f"\n{drill}: {len(self.results)} requests, {len(self.ok())} ok, errors {errors},"
+              f" {events} ledger events, max latency during the fault {worst:.2f}s")
+
 
 def config(redis_url: str, upstreams: list[Upstream], policy: str = "fail-open",
            leases: bool = True) -> dict[str, Any]:
@@ -113,8 +124,9 @@ def config(redis_url: str, upstreams: list[Upstream], policy: str = "fail-open",
 
 
 def check_ledger(server: RedisServer, load: Load, upstreams: list[Upstream],
-                 tmp_path: Path) -> None:
-    """The invariants, once the gateway has stopped (its leases given back)."""
+                 tmp_path: Path) -> int:
+    """The invariants, once the gateway has stopped (its leases given back); the number of
+    usage events recorded."""
     ok = load.ok()
     ledger = redis.Redis.from_url(server.url)
     try:
@@ -143,6 +155,7 @@ def check_ledger(server: RedisServer, load: Load, upstreams: list[Upstream],
         assert not [f for f in budget if f.startswith("r:")], budget
     finally:
         ledger.close()
+    return len(recorded)
 
 
 @pytest.fixture
@@ -160,8 +173,11 @@ def drill(tmp_path: Path, upstreams: list[Upstream], fault: Callable[[RedisServe
     try:
         with Load(gw.url) as load:
             load.wait_for(100)
+            before = len(load.results)
             server = fault(server)
             seen = len(load.results)
+            # A request in flight when the fault ended is among each client's next result.
+            load.during = slice(before, seen + load.clients)
             load.wait_for(seen + 100)
     finally:
         gw.stop()
@@ -185,7 +201,8 @@ def test_redis_stalled_under_load(policy: str, tmp_path: Path,
             assert codes == set()  # admitted locally, metered once Redis is back
         else:
             assert codes <= {"store_unavailable"}
-        check_ledger(server, load, upstreams, tmp_path)
+        load.summary(f"redis stalled 2 s ({policy})",
+                     check_ledger(server, load, upstreams, tmp_path))
     finally:
         server.stop()
 
@@ -200,7 +217,8 @@ def test_redis_killed_and_restarted_under_load(tmp_path: Path,
     load, server = drill(tmp_path, upstreams, restart)
     try:
         assert {code for _, status, code, _ in load.results if status != 200} == set()
-        check_ledger(server, load, upstreams, tmp_path)
+        load.summary("redis killed and restarted",
+                     check_ledger(server, load, upstreams, tmp_path))
     finally:
         server.stop()
 
@@ -227,6 +245,7 @@ def test_an_upstream_killed_or_hung_under_load(fault: str, tmp_path: Path,
             # Every request is answered: the ones on the hung upstream fail over after
             # first_token_s (1 s), and the stalled one stops being chosen meanwhile.
             assert max(seconds for *_, seconds in load.results) < TOTAL_S
-        check_ledger(server, load, upstreams, tmp_path)
+        load.summary(f"upstream {'killed' if fault == 'kill' else 'hung'}",
+                     check_ledger(server, load, upstreams, tmp_path))
     finally:
         server.stop()
