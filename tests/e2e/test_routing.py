@@ -7,15 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
 
 from selfhost.sim import Faults, SimProfile, Simulator, ThreadedSim
+from tests.support.accounts import eventually
 from tests.support.procs import Gateway
 
 BATCH_KEY = "tk-test-batch-0123456789abcdef"
 PROD_KEY = "tk-test-prod-0123456789abcdef"
+ADMIN_KEY = "tk-test-admin-0123456789abcdef0123456789"
 HI = [{"role": "user", "content": "hi"}]
 
 
@@ -73,10 +76,14 @@ def test_low_priority_is_shed_when_no_deployment_meets_the_slo(tmp_path: Path) -
     with ThreadedSim(slow) as sim:
         gw = Gateway({
             "routing": {"slo_ttft_ms": 100, "shed_wait_ms": 200, "shed_below_priority": 1},
+            "auth": {"admin_key": ADMIN_KEY},
             "providers": [{"name": "slow", "base_url": sim.url + "/v1"}],
-            "models": {"m": {"deployments": [{"target": "slow", "model": "x"}]}},
+            # Priced, so that admission reserves budget for each request.
+            "models": {"m": {"deployments": [{"target": "slow", "model": "x",
+                                              "price": {"input": 1.0, "output": 1.0}}]}},
             "teams": [
-                {"name": "batch", "priority": 0, "keys": [{"id": "b", "key": BATCH_KEY}]},
+                {"name": "batch", "priority": 0, "budget": {"usd": 10, "period": "daily"},
+                 "keys": [{"id": "b", "key": BATCH_KEY}]},
                 {"name": "prod", "priority": 2, "keys": [{"id": "p", "key": PROD_KEY}]},
             ],
         }, tmp_path)
@@ -90,6 +97,17 @@ def test_low_priority_is_shed_when_no_deployment_meets_the_slo(tmp_path: Path) -
                 stream(batch)
             assert info.value.code == "overloaded"
             assert int(info.value.response.headers["retry-after"]) >= 1
+
+            def spend() -> dict[str, Any]:
+                r = httpx.get(f"{gw.url}/admin/teams/batch",
+                              headers={"authorization": f"Bearer {ADMIN_KEY}"})
+                assert r.status_code == 200, r.text
+                return dict(r.json()["spend"])
+
+            # Shed after admission: its reservation is settled at once, to nothing spent
+            # (well before reservations lapse, admission.reservation_ttl_s: ~64 s here).
+            eventually(lambda: spend()["reserved_usd"] == 0, timeout=5)
+            assert spend()["spent_usd"] == 0
             # A high-priority team still gets through, unless it lowers its own priority;
             # the header can never raise a team's priority.
             assert stream(prod) == "slow/x"
