@@ -17,10 +17,12 @@ head is at most `max_head_bytes` (431), and a process holds at most `max_connect
 (more are answered 503 and closed), so slow or half-open clients cannot hold a process's
 file descriptors or memory. Deadlines (keep-alive's, the head's, the body's) are checked
 by one timer per server, every `tick_s` at most a second: no timer per request, nor per
-connection (an idle or half-open connection costs that much less). A body that turns out
-malformed, or late, after the app has started reaches the app as `RequestBodyError` from
-`receive()`, so the app answers it in its own error format (a 400 or 408), then the
-connection closes.
+connection (an idle or half-open connection costs that much less); an idle connection
+is closed at the first tick past its keep-alive, never before, and a keep-alive response
+says how long that is (`keep-alive: timeout=N`). A body that turns out malformed, or
+late, after the app has started reaches the app as `RequestBodyError` from `receive()`,
+so the app answers it in its own error format (a 400 or 408), then the connection
+closes.
 """
 
 from __future__ import annotations
@@ -98,6 +100,22 @@ _ASGI: dict[str, dict[str, str]] = {}
 def _asgi(version: str) -> dict[str, str]:
     """scope["asgi"], one dict per version for every connection."""
     return _ASGI.setdefault(version, {"version": version, "spec_version": "2.3"})
+
+
+_HINTS: dict[float, bytes] = {}
+
+
+def keep_alive_hint(keep_alive_s: float) -> bytes:
+    """The `keep-alive: timeout=N` header line a keep-alive response carries, one per
+    value for every connection. N is whole seconds, rounded down (never longer than the
+    server keeps the connection): a client that reads it (Node's undici, the OpenAI Node
+    SDK's fetch) lets its idle connection go before the server closes it."""
+    hint = _HINTS.get(keep_alive_s)
+    if hint is None:
+        hint = _HINTS[keep_alive_s] = b"keep-alive: timeout=%d\r\n" % int(keep_alive_s)
+    return hint
+
+
 _DRAIN_IDLE_S = 1.0  # a draining server's idle connections: closed after this long idle
 _trimmer = Trimmer()  # the process's memory back after a flood of connections
 
@@ -117,6 +135,7 @@ class HttpProtocol(asyncio.Protocol):
         self.root_path: str = config.root_path
         self.asgi = _asgi(config.asgi_version)
         self.keep_alive_s: float = config.timeout_keep_alive
+        self.keep_alive_hint = keep_alive_hint(self.keep_alive_s)
         self.limits = limits = limits or ServerLimits()
         # How often deadlines are checked (how late one may be seen): a fraction of the
         # shortest, at most a second.

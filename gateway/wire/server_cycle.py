@@ -60,7 +60,8 @@ log = logging.getLogger("uvicorn.error")
 # Control characters, CR and LF included: a header holds none (no response splitting).
 # Deleting them and comparing lengths is ~10x faster than a regex search.
 _CTL = bytes((*range(32), 127)).replace(b"\t", b"")
-_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+# Headers the server owns (the framing, and the connection's keep-alive hint).
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection", b"keep-alive"))
 # How a response body goes on the wire (RAW: HTTP/1.0 without a length, ended by close).
 LENGTH, CHUNKED, RAW, NONE = 0, 1, 2, 3
 
@@ -224,6 +225,7 @@ class Cycle:
     def _start(self, message: Message) -> None:
         status = message["status"]
         keep, length, chunked, closing = self.keep_alive, -1, False, False
+        hint = self.proto.keep_alive_hint  # `keep-alive: timeout=N`, made once per server
         parts: list[bytes] = []
         for name, value in message.get("headers", ()):
             name = name.lower()
@@ -232,6 +234,8 @@ class Cycle:
                     length = int(value) if length < 0 else length
                 elif name == b"transfer-encoding":
                     chunked = b"chunked" in value.lower()
+                elif name == b"keep-alive":  # the app's own hint goes out instead of ours
+                    hint = b""
                 elif b"close" in [t.strip() for t in value.lower().split(b",")]:
                     keep, closing = False, True
             parts += (name, b": ", value, b"\r\n")
@@ -249,10 +253,13 @@ class Cycle:
             self.mode, keep = RAW, False
         else:
             self.mode, extra = CHUNKED, b"transfer-encoding: chunked\r\n"
-        if not keep and not closing:
-            extra += b"connection: close\r\n"
-        elif keep and self.http10:  # HTTP/1.0 stays open only if the response says so
-            extra += b"connection: keep-alive\r\n"
+        if not keep:
+            if not closing:
+                extra += b"connection: close\r\n"
+        else:  # how long the connection is kept idle: a client's pool lets it go sooner
+            if self.http10:  # HTTP/1.0 stays open only if the response says so
+                extra += b"connection: keep-alive\r\n"
+            extra += hint
         head = b"".join((STATUS_LINE[status], default_block(self.proto.state.default_headers),
                          block, extra, b"\r\n"))
         self.keep_alive, self.started, self.expect_100 = keep, True, False

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 
 from gateway.wire.limits import ServerLimits
+from gateway.wire.server import keep_alive_hint
 from tests.support.asgi_server import WAIT, App, Client, Probe, Server, get, post, serving
 
 
@@ -194,19 +199,113 @@ def test_idle_connection_closes_after_keep_alive_timeout() -> None:
         assert idle.closed()
 
 
-def test_an_idle_connection_is_kept_for_its_keep_alive_and_then_closed_cleanly() -> None:
-    # Reused well inside the idle timeout: the same connection answers. Left idle: the
-    # server ends it with a FIN (EOF to the client, not a reset), never before the timeout.
-    with serving(timeout_keep_alive=2) as server:
+# The idle boundary. The server closes an idle connection at the first tick of its
+# sweeper (`tick_s`: a quarter of a 1 s keep-alive) at or after `idle_since +
+# keep_alive_s`, never before: the tick only makes the close later. So a request that
+# reaches the server before that deadline is always served, and the close is waited for
+# as an event (the FIN), never guessed from a clock. What HTTP/1.1 leaves: a request the
+# client sends while the server's FIN is on the wire is lost with the connection, and
+# only a client retry saves it. A keep-alive longer than the client pool's expiry keeps
+# that away (the pool lets the connection go first: httpx 5 s, aiohttp 15 s, undici from
+# the `keep-alive: timeout=N` header, against our 75 s); a pool that keeps connections
+# longer (Go's 90 s, urllib3's without expiry) drops a pooled connection whose FIN has
+# arrived, so it loses only a request that crosses the FIN; for such clients
+# `server.keep_alive_s` can be raised above their expiry.
+
+
+def test_a_connection_reused_just_before_its_keep_alive_ends_is_served() -> None:
+    """Reused again and again in the last `margin` before the server's deadline (on the
+    server's own clock: its loop's time is time.monotonic()), the same connection answers
+    each time; then, left idle, it ends with a FIN (EOF, not a reset), never before the
+    deadline. The margin only has to cover the request's way to the server's read; it is
+    more than a tick (0.25 s) all the same, so a slow machine does not fail the test."""
+    keep_alive = 1.0
+    with serving(timeout_keep_alive=keep_alive) as server:
         c = Client(server.port)
+        me = c.sock.getsockname()
         c.send(get("/x"))
         assert c.response()[0] == 200
-        time.sleep(1)  # half the idle timeout (the boundary's safe side)
-        asked = time.monotonic()  # the server's idle time starts after this
-        c.send(get("/x"))
-        assert c.response()[0] == 200
+        assert server.app.seen.get(timeout=WAIT) == "http.disconnect"  # idle from now on
+        proto = next(p for p in reversed(Probe.live) if p.client == me)
+        margin = proto.tick_s + 0.05
+        for _ in range(3):
+            due = proto.idle_since + keep_alive  # closed at the first tick from then on
+            time.sleep(max(0.0, due - margin - time.monotonic()))
+            c.send(get("/x"))
+            status, _, body = c.response()
+            assert status == 200 and tuple(json.loads(body)["client"]) == me  # the same
+            assert server.app.seen.get(timeout=WAIT) == "http.disconnect"
+            # It did come just before the boundary (loop times are whole milliseconds).
+            assert due - margin - 0.002 <= proto.since < due
+        due = proto.idle_since + keep_alive
+        assert c.closed()  # EOF: a reset would raise
+        assert time.monotonic() >= due
+
+
+def test_a_connection_the_server_closed_idle_is_not_reused_by_a_checking_pool() -> None:
+    """httpx keeps idle connections 60 s here, longer than the server's 1 s: it would
+    reuse this one. Once the server's FIN has arrived (waited for: the socket turns
+    readable, at EOF), the pool's check before reuse sees it and the next request goes
+    out on a new connection, with no error. (A request sent while the FIN is still on
+    its way is the one HTTP/1.1 cannot save; see above.)"""
+    with serving(timeout_keep_alive=1) as server, httpx.Client(
+            base_url=f"http://127.0.0.1:{server.port}", timeout=WAIT, trust_env=False,
+            limits=httpx.Limits(keepalive_expiry=60)) as client:
+        first = client.get("/x")
+        assert first.status_code == 200 and first.headers["keep-alive"] == "timeout=1"
+        stream = first.extensions["network_stream"]  # the pooled connection's socket
+        sock = stream.get_extra_info("socket")
+        assert select.select([sock], [], [], WAIT)[0]  # the server closed it
+        assert sock.recv(1, socket.MSG_PEEK) == b""  # with a FIN: EOF, not a reset
+        assert stream.get_extra_info("is_readable")  # what the pool checks before reuse
+        second = client.get("/x")
+        assert second.status_code == 200
+        assert second.json()["client"] != first.json()["client"]  # a new connection
+
+
+class _OwnHint(App):
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/own-hint":
+            await send({"type": "http.response.start", "status": 200,
+                         "headers": [(b"Keep-Alive", b"timeout=9"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def test_a_keep_alive_response_says_how_long_an_idle_connection_is_kept(
+        server: Server, client: Client) -> None:
+    """`keep-alive: timeout=N` (undici, the OpenAI Node SDK's fetch, lets its connection
+    go 1-2 s before N), N the whole seconds of `server.keep_alive_s` (uvicorn's default 5 s
+    here), rounded down; on a response that closes the connection, none."""
+    client.send(get("/x"))
+    assert client.response()[1]["keep-alive"] == "timeout=5"
+    server.app.seen.get(timeout=WAIT)
+    c = Client(server.port)
+    c.send(get("/x", "1.0", "Connection: keep-alive\r\n"))
+    headers = c.response()[1]
+    assert headers["connection"] == "keep-alive" and headers["keep-alive"] == "timeout=5"
+    server.app.seen.get(timeout=WAIT)
+    c.close()
+    for request in (get("/x", extra="Connection: close\r\n"), get("/x", "1.0"),
+                    b"NOT HTTP AT ALL\r\n\r\n"):
+        c = Client(server.port)
+        c.send(request)
+        headers = c.response()[1]
+        assert headers["connection"] == "close" and "keep-alive" not in headers, request
         assert c.closed()
-        assert time.monotonic() - asked >= 2
+        if request[:1] == b"G":
+            server.app.seen.get(timeout=WAIT)
+    assert keep_alive_hint(75) == b"keep-alive: timeout=75\r\n"
+    assert keep_alive_hint(2.9) == b"keep-alive: timeout=2\r\n"
+    own = Server(_OwnHint())  # an app's own hint goes out instead (Client: never twice)
+    try:
+        c = Client(own.port)
+        c.send(get("/own-hint"))
+        assert c.response()[1]["keep-alive"] == "timeout=9"
+        c.close()
+    finally:
+        own.stop()
 
 
 def test_a_first_request_is_waited_for_header_timeout_not_keep_alive() -> None:
