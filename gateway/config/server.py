@@ -49,8 +49,9 @@ class ServerConfig(Strict):
     # are refused, /readyz says 503); what still runs then ends with an error event.
     drain_timeout_s: int = Field(30, ge=1, le=3600)
     # How long an idle keep-alive connection is kept: longer than clients' pools keep
-    # theirs (httpx 5 s, aiohttp 15 s, Node 5 s), so the client, not the server, ends it
-    # and never sends a request into a connection the server is closing (nginx: 75 s).
+    # theirs (httpx 5 s, aiohttp 15 s; Node's undici reads the `keep-alive: timeout=N`
+    # header sent with each response), so the client, not the server, ends it and never
+    # sends a request into a connection the server is closing (nginx: 75 s).
     # A new connection's first request must start within limits.header_timeout_s.
     keep_alive_s: int = Field(75, ge=1, le=3600)
     limits: ServerLimitsConfig = ServerLimitsConfig()  # type: ignore[call-arg]
