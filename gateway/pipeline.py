@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from gateway.accounting.admission import AdmissionStage, Authenticator
 from gateway.accounting.metering import Meter, Outcome, RequestContext, text_chars
-from gateway.cache import CacheStage, CacheTicket, replay
+from gateway.cache import CacheStage, CacheTicket, hit_stream
 from gateway.cache.assemble import StreamAssembler
 from gateway.canonical import CanonicalRequest, Deployment, Operation, UpstreamFailure, Usage
 from gateway.dispatch.dispatcher import Dispatcher, UpstreamStream
@@ -373,7 +373,7 @@ class Pipeline:
                                 headers)
         else:
             encoder = reply.fmt.stream_encoder(req)
-            body = b"".join([encoder.chunk(c) for c in replay.chunks(entry, req)])
+            body = b"".join([encoder.chunk(c) for c in hit_stream.chunks(entry, req)])
             await reply.send({"type": "http.response.start", "status": 200,
                               "headers": SSE_HEADERS + headers})
             await reply.send({"type": "http.response.body", "body": body + encoder.end()})

@@ -36,7 +36,7 @@ from gateway.batch.system import BatchSystem, start_batch
 from gateway.cache import CacheStage, ResponseCache
 from gateway.config import Config
 from gateway.config.upstreams import KvEvents
-from gateway.console.service import Console, console_recorder
+from gateway.console.parts import Console, console_recorder
 from gateway.dispatch.attempts import new_attempt
 from gateway.dispatch.dispatcher import AttemptRunner, Dispatcher
 from gateway.dispatch.failover import Failover

@@ -3,9 +3,9 @@ asks for, with concurrent identical misses coalesced into one upstream call.
 
 - `policy`: which requests are cached and how (config per model and team, per-request
   Cache-Control and x-turnout-cache-ttl);
-- `keys`: the cache key, a hash of the normalized request, namespaced per team;
+- `request_key`: the cache key, a hash of the normalized request, namespaced per team;
 - `entry`: the stored form; `assemble`: a streamed answer assembled while it streams;
-- `replay`: an entry as a stream of canonical chunks;
+- `hit_stream`: an entry replayed as a stream of canonical chunks;
 - `coalesce`: one upstream call per key across processes (lock, polling, takeover);
 - `service`: `ResponseCache`, what the pipeline calls.
 """

@@ -4,7 +4,7 @@ An entry is always the complete canonical (OpenAI-shaped, non-streamed) response
 it was first delivered: a non-streamed answer as the upstream gave it, a streamed one
 assembled while it streamed (gateway/cache/assemble.py). When it was streamed, the entry
 also keeps where each chunk's text ended, so a streamed replay splits the text exactly as
-the original stream did (gateway/cache/replay.py).
+the original stream did (gateway/cache/hit_stream.py).
 
 Stored form: one line of JSON metadata, a newline, then the response body as is, so a
 non-streamed hit hands the body on without parsing it. orjson escapes newlines inside

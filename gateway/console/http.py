@@ -26,7 +26,7 @@ import orjson
 
 from gateway.console import spend
 from gateway.console.guard import from_here, refusal
-from gateway.console.service import Console
+from gateway.console.parts import Console
 from gateway.console.sessions import (
     LockedOut,
     Session,

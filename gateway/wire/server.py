@@ -42,8 +42,8 @@ from uvicorn.server import ServerState
 
 from gateway.http.asgi import ON_DISCONNECT, RequestBodyError
 from gateway.wire.limits import ServerLimits
-from gateway.wire.memory import Trimmer
 from gateway.wire.server_cycle import App, Cycle, Flow, default_block
+from gateway.wire.trimmer import Trimmer
 
 log = logging.getLogger("uvicorn.error")
 

@@ -75,7 +75,7 @@ def test_half_open_connections_are_timed_out_and_memory_comes_back(
             assert max(during) < 3.0
             answers = {ended(s)[:12] for s in socks}  # each closed by the gateway
             assert answers == {b"HTTP/1.1 408"}
-            # The memory goes back 2 s after the connections have gone (wire/memory.py).
+            # The memory goes back 2 s after the connections have gone (wire/trimmer.py).
             deadline = time.monotonic() + 10
             while (after := rss(gw.proc.pid)) >= before * 1.10:
                 assert time.monotonic() < deadline, (before, after)

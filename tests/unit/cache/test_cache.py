@@ -10,8 +10,8 @@ import pytest
 
 from gateway.cache.assemble import StreamAssembler
 from gateway.cache.entry import Entry
+from gateway.cache.hit_stream import chunks as replay
 from gateway.cache.policy import Policies, deterministic, directives
-from gateway.cache.replay import chunks as replay
 from gateway.cache.request_key import entry_key, namespace
 from gateway.canonical import CanonicalRequest, Operation, StreamChunk, Usage
 from gateway.config import parse_config

@@ -7,8 +7,8 @@ from typing import Any
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.console.parts import console_recorder
 from gateway.console.recorder import Recorder
-from gateway.console.service import console_recorder
 from gateway.telemetry import Telemetry
 from tests.support.console import settled
 

@@ -1,4 +1,4 @@
-"""wire/memory.py: free memory goes back once a flood of connections has gone, once per
+"""wire/trimmer.py: free memory goes back once a flood of connections has gone, once per
 flood, not on every close."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from gateway.wire import memory
+from gateway.wire import trimmer as memory
 
 
 async def test_a_trim_after_a_flood_has_gone_and_only_then(
