@@ -36,7 +36,6 @@ from gateway.batch.line_run import LineRunner
 from gateway.batch.pace import Pace
 from gateway.batch.progress import LaneMetrics
 from gateway.batch.settings import BatchConfig
-from gateway.canonical import Operation
 from gateway.store import Store, StoreUnavailable, layout
 from gateway.store.batch_base import LineEnd, member_index
 from policies.keys import ANONYMOUS, KeyRecord, Principal
@@ -59,7 +58,7 @@ class _Batch:
     team: str
     id: str
     key_id: str
-    op: Operation
+    endpoint: str  # one of lines.ENDPOINTS
     created: float  # wall clock, s
     expires: float
     status: str = ""
@@ -172,8 +171,7 @@ class Lane:
             self.metrics.pending.set(pending)
 
     def _new(self, team: str, bid: str, record: dict[str, bytes]) -> _Batch:
-        endpoint = text(record, "endpoint") or ""
-        return _Batch(team, bid, text(record, "key_id") or "", lines.ENDPOINTS[endpoint],
+        return _Batch(team, bid, text(record, "key_id") or "", text(record, "endpoint") or "",
                       number(record, "created_at"), number(record, "expires_at"))
 
     async def _steps(self, b: _Batch, record: dict[str, bytes]) -> int:
@@ -302,7 +300,7 @@ class Lane:
         try:
             tries = b.attempts.get(index, 0)
             verdict = await self.runner.run(
-                b.id, b.op, line, await self._principal(b), model=spill, held=end,
+                b.id, b.endpoint, line, await self._principal(b), model=spill, held=end,
                 last_try=tries + 1 >= self.cfg.max_line_attempts)
             end.result, end.failed = verdict.result, verdict.failed
             if verdict.counted:

@@ -13,11 +13,14 @@ import orjson
 
 from gateway.canonical import Operation
 
-# The batch endpoints served, and the operation each line runs as (the OpenAI format).
+# The batch endpoints served, and the operation each line runs as: in the OpenAI format,
+# or for RESPONSES in the Responses API's (line_run.py), as POST /v1/responses runs.
+RESPONSES = "/v1/responses"
 ENDPOINTS: dict[str, Operation] = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    RESPONSES: "chat",
 }
 MAX_CUSTOM_ID = 512
 MAX_ERRORS = 100  # a failed validation lists this many problems at most

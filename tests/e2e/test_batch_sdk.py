@@ -1,7 +1,7 @@
 """The Files and Batch APIs end to end with the official `openai` SDK against a running
 gateway whose lane runs inside `turnout serve` (in-memory store): upload, create, poll,
 download; output per custom_id; errors in the error file; the discount in the ledger;
-cancel and expiry."""
+/v1/responses and /v1/embeddings batches; cancel and expiry."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+from openai.types import CreateEmbeddingResponse
+from openai.types.responses import Response
 
 from selfhost.sim import Faults, Simulator, ThreadedSim
 from tests.support.accounts import auth, eventually, new_key
@@ -33,7 +35,9 @@ PRICE = {"input": 1.0, "output": 2.0}
 def config(sims: ThreadedSim, tmp: Path, **batch: Any) -> dict[str, Any]:
     return {
         "auth": {"admin_key": ADMIN},
-        "pools": [pool_config("gpu", sims.urls[:2]), pool_config("down", sims.urls[2:])],
+        # The simulator serves no /v1/responses: Responses requests go to it as chat.
+        "pools": [{**pool_config("gpu", sims.urls[:2]), "responses_api": False},
+                  pool_config("down", sims.urls[2:])],
         "providers": [{"name": "cloud", "base_url": sims.urls[0] + "/v1"}],
         "models": {"chat": {"deployments": [{"target": "gpu", "model": "m", "price": PRICE}]},
                    "embed": {"deployments": [{"target": "gpu", "model": "e"}]},
@@ -112,6 +116,89 @@ def test_upload_run_download(gateway: Gateway) -> None:
     for event in mine.values():
         list_price = event["prompt_tokens"] * 1.0 + event["completion_tokens"] * 2.0
         assert round(event["cost_usd"] * 1e9) == round(list_price * 1000 * 0.5)
+
+
+def assert_discounted(gw: Gateway, ids: set[str]) -> None:
+    """Each request id has one usage event, at the batch discount (0.5) of the list price."""
+    events = eventually(lambda: (e := [x for x in ledger(gw) if x["request_id"] in ids])
+                        and len(e) >= len(ids) and e)
+    assert len(events) == len(ids) and {e["request_id"] for e in events} == ids
+    for event in events:
+        list_price = event["prompt_tokens"] * 1.0 + event["completion_tokens"] * 2.0
+        assert round(event["cost_usd"] * 1e9) == round(list_price * 1000 * 0.5)
+
+
+def test_responses_batch(gateway: Gateway) -> None:
+    """/v1/responses lines run as POST /v1/responses does; each output body is a Response.
+    Lines are stateless: not stored, and neither `previous_response_id` nor `store: true`."""
+    c = client(gateway)
+    rows: list[dict[str, Any]] = [
+        {"custom_id": f"resp-{i}", "method": "POST", "url": "/v1/responses",
+         "body": {"model": "chat", "input": f"question {i}", "max_output_tokens": 4,
+                  "instructions": "be brief", "metadata": {"line": str(i)}}}
+        for i in range(5)]
+    rows += [{"custom_id": name, "method": "POST", "url": "/v1/responses",
+              "body": {"model": "chat", "input": "x", **extra}} for name, extra in (
+                  ("continues", {"previous_response_id": "resp_abc"}),
+                  ("stored", {"store": True}),
+                  ("background", {"background": True}))]
+    f = c.files.create(file=jsonl(rows), purpose="batch")
+    batch = c.batches.create(input_file_id=f.id, endpoint="/v1/responses",
+                             completion_window="24h")
+    assert batch.endpoint == "/v1/responses"
+    done = wait_batch(c, batch.id)
+    assert done.status == "completed", done
+    assert done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (5, 3)
+    assert done.output_file_id and done.error_file_id and done.usage is not None
+    assert done.usage.output_tokens == 5 * 4
+    output = read_jsonl(c.files.content(done.output_file_id).read())
+    assert set(output) == {f"resp-{i}" for i in range(5)}
+    for custom_id, row in output.items():
+        assert row["response"]["status_code"] == 200 and row["error"] is None
+        response = Response.model_validate(row["response"]["body"])
+        assert response.object == "response" and response.id.startswith("resp_")
+        assert response.output_text, custom_id
+        assert response.model == "chat" and response.instructions == "be brief"
+        assert response.metadata == {"line": custom_id.removeprefix("resp-")}
+        assert response.usage is not None and response.usage.output_tokens == 4
+        assert response.store is False
+        with pytest.raises(openai.NotFoundError):  # not stored: nothing to continue
+            c.responses.retrieve(response.id)
+    errors = read_jsonl(c.files.content(done.error_file_id).read())
+    for custom_id, param in (("continues", "previous_response_id"), ("stored", "store"),
+                             ("background", "background")):
+        answer = errors[custom_id]["response"]
+        assert answer["status_code"] == 400, custom_id
+        assert answer["body"]["error"]["param"] == param
+    assert "not supported in a batch" in \
+        errors["continues"]["response"]["body"]["error"]["message"]
+    assert_discounted(gateway, {r["id"] for r in output.values()})
+
+
+def test_embeddings_batch(gateway: Gateway) -> None:
+    c = client(gateway)
+    rows = [{"custom_id": f"emb-{i}", "method": "POST", "url": "/v1/embeddings",
+             "body": {"model": "embed", "input": [f"text {i}", f"more text {i}"]}}
+            for i in range(4)]
+    f = c.files.create(file=jsonl(rows), purpose="batch")
+    batch = c.batches.create(input_file_id=f.id, endpoint="/v1/embeddings",
+                             completion_window="24h")
+    done = wait_batch(c, batch.id)
+    assert done.status == "completed" and done.output_file_id, done
+    assert done.request_counts is not None and done.request_counts.completed == 4
+    assert done.error_file_id is None
+    output = read_jsonl(c.files.content(done.output_file_id).read())
+    assert set(output) == {f"emb-{i}" for i in range(4)}
+    for row in output.values():
+        assert row["response"]["status_code"] == 200
+        answer = CreateEmbeddingResponse.model_validate(row["response"]["body"])
+        assert answer.object == "list" and [d.index for d in answer.data] == [0, 1]
+        for item in answer.data:
+            assert item.embedding and all(isinstance(x, float) for x in item.embedding)
+    ids = {r["id"] for r in output.values()}
+    events = eventually(lambda: [e for e in ledger(gateway) if e["request_id"] in ids])
+    assert len(events) == 4 and all(e["completion_tokens"] == 0 for e in events)
 
 
 def ledger(gw: Gateway) -> list[dict[str, Any]]:

@@ -91,7 +91,7 @@ async def test_the_lane_ramps_up_backs_off_and_regrows() -> None:
     cfg = BatchConfig.model_validate({"max_new_per_tick": 4})
     lane = Lane(Store(), None, runner, room, cfg, None,  # type: ignore[arg-type]
                 principal_ttl_s=60)
-    b = _Batch("team", "b1", "", "chat", time.time(), time.time() + 3600,
+    b = _Batch("team", "b1", "", "/v1/chat/completions", time.time(), time.time() + 3600,
                status="in_progress", model="chat", principal=ANONYMOUS,
                principal_at=time.monotonic())
     b.parsed = SimpleNamespace(line=lambda i: SimpleNamespace(custom_id=f"c{i}"))  # type: ignore[assignment]
