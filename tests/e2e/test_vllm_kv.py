@@ -5,6 +5,9 @@ enabled, a tiny adapter (made with peft) loaded on the first one only.
 - the blocks a replica publishes after serving a prompt are exactly the keys we compute
   for it (tokenized with the model's chat template, hashed as vLLM hashes), adapter
   requests included;
+- the token ids we compute for a request equal the replica's own `/tokenize` of it: chats
+  (a long system prompt, several turns with text parts and non-ASCII text, a final
+  message left open, a special token's text inside a message) and plain prompts;
 - a gateway started after a replica cached a long system prompt routes the next request
   with that prompt there (its subscriber caught up from the replay), though prefix
   affinity would have sent it to the other one; the TTFT difference is printed.
@@ -25,8 +28,9 @@ from typing import Any
 
 import pytest
 from openai import OpenAI
+from tokenizers import Tokenizer
 
-from gateway.canonical import CanonicalRequest, Deployment, Target
+from gateway.canonical import CanonicalRequest, Deployment, Operation, Target
 from policies.kv_index import KvIndex
 from policies.routing.prefix_affinity import PrefixAffinity
 from policies.scoreboard import Scoreboard
@@ -160,6 +164,62 @@ async def test_the_index_holds_exactly_the_blocks_we_compute(fleet: Fleet) -> No
               " an adapter request")
     finally:
         await monitor.stop()
+
+
+def _tokenize(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The replica's own tokenization of a request (vLLM's `/tokenize`: a chat body or a
+    completion body, with the token strings)."""
+    data = json.dumps({**body, "model": MODEL, "return_token_strs": True}).encode()
+    req = urllib.request.Request(url + "/tokenize", data=data,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        answer: dict[str, Any] = json.loads(resp.read())
+        return answer
+
+
+def _difference(ours: list[int], theirs: list[int], their_strs: list[str],
+                vocab: Tokenizer) -> str:
+    """Where two token lists first differ, with the tokens' strings on both sides."""
+    at = next((i for i, (x, y) in enumerate(zip(ours, theirs, strict=False)) if x != y),
+              min(len(ours), len(theirs)))
+    mine = [vocab.id_to_token(t) for t in ours[at:at + 5]]
+    return (f"{len(ours)} tokens ours, {len(theirs)} vLLM's; first difference at index "
+            f"{at}: ours {ours[at:at + 5]} {mine}, vLLM's {theirs[at:at + 5]} "
+            f"{their_strs[at:at + 5]}")
+
+
+def test_our_tokens_equal_the_replicas_tokenize(fleet: Fleet) -> None:
+    chats: list[dict[str, Any]] = [
+        # The chat whose blocks the index test checks.
+        {"messages": [{"role": "system", "content": _system("alpha", 300)},
+                      {"role": "user", "content": "What is the capital of France?"}]},
+        # Several turns; text parts (joined with newlines); non-ASCII, spaces, newlines.
+        {"messages": [
+            {"role": "system", "content": "  You answer in French.\n\nBe brief.  "},
+            {"role": "user", "content": [{"type": "text", "text": "Café, naïve, 日本語 🙂"},
+                                         {"type": "text", "text": "second part\t end"}]},
+            {"role": "assistant", "content": "Oui.\n"},
+            {"role": "user", "content": "And\r\nagain?"}]},
+        # The final message left open, for the model to continue.
+        {"messages": [{"role": "user", "content": "Count to three."},
+                      {"role": "assistant", "content": "One, two,"}],
+         "continue_final_message": True, "add_generation_prompt": False},
+        # A special token's text inside a message: the tokenizer reads it as that token.
+        {"messages": [{"role": "user", "content": "quote <|end|> and <|assistant|>x"}]},
+    ]
+    prompts = ["The capital of France is", " leading space, <|bos|> inside, ünïcode 🙂\n"]
+    vocab = Tokenizer.from_file(str(fleet.model_dir / "tokenizer.json"))
+    cases: list[tuple[Operation, dict[str, Any]]] = (
+        [("chat", body) for body in chats] + [("completions", {"prompt": p}) for p in prompts])
+    for operation, body in cases:
+        ours = fleet.tokenizer.tokens(CanonicalRequest(operation, MODEL, body))
+        assert ours is not None, body
+        theirs = _tokenize(fleet.a.url, body)
+        assert theirs["count"] == len(theirs["tokens"])
+        assert ours == theirs["tokens"], _difference(ours, theirs["tokens"],
+                                                     theirs["token_strs"], vocab)
+    print(f"\nour token ids equal vLLM's /tokenize for {len(chats)} chats and "
+          f"{len(prompts)} plain prompts")
 
 
 def _ring_home(fleet: Fleet, messages: list[dict[str, str]]) -> str:
