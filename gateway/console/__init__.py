@@ -5,9 +5,9 @@ management, served by the gateway itself at `/console`.
 - `sessions.py`: logins (the admin key or a console user's key) → server-side sessions
   in the store, the cookie; `guard.py`: the checks every console request passes (a
   session, its role, and for changes its CSRF token and origin).
-- `recorder.py`: the request path's only cost: settled requests appended to a ring
-  while someone watches; drained in the background into per-deployment and per-team
-  sums and a sample of decisions.
+- `recorder.py`: the request path's only cost: while someone watches, each settled
+  request added to per-deployment, per-team and per-key sums, and a few a second kept
+  for the sample of decisions, made from them in the background.
 - `snapshot.py`: this process's numbers (scoreboard, breakers, failover counters, pool
   telemetry, the recorder's sums); `merge.py`: every process's snapshots → one frame.
 - `live.py`: each process publishes its snapshot into the store every second while a

@@ -2,7 +2,7 @@
 
 Every gateway process runs a `Publisher`: once a second it looks for the watch flag
 (`turnout:console:watching`, one GET). While the flag is there, a console is open
-somewhere: the process's recorder switches on, its ring is drained four times a second,
+somewhere: the process's recorder switches on and is drained four times a second,
 and once a second its snapshot (`snapshot.py`, a few KB of JSON) is written into the
 hash `turnout:console:snapshots` under the process's id (one HSET). While it is not,
 that GET is all the console costs a process, besides polling its own breakers for
@@ -37,7 +37,7 @@ from gateway.store import Store, StoreUnavailable, layout
 log = logging.getLogger("turnout.console")
 
 INTERVAL_S = 1.0  # a snapshot, and a frame, a second
-DRAINS = 4  # recorder drains per interval: the ring holds a quarter second of traffic
+DRAINS = 4  # recorder drains per interval: decisions sampled from a quarter second each
 WATCH_TTL_S = 3 * INTERVAL_S  # the flag outlives a missed renewal, not a closed console
 FORGET_S = 60.0  # a process silent this long has gone: its snapshot is deleted
 HISTORY = 600  # chart points kept by a feed: ten minutes

@@ -138,7 +138,6 @@ def merge(snapshots: Sequence[dict[str, Any]], now: float) -> dict[str, Any]:
         "teams": _grouped(snaps, "teams"), "keys": _grouped(snaps, "keys"),
         "decisions": _union(snaps, "decisions", DECISIONS_SHOWN),
         "incidents": _union(snaps, "incidents", INCIDENTS_SHOWN),
-        "dropped": sum(s.get("dropped", 0) for s in snaps),
     }
 
 

@@ -1,19 +1,24 @@
 """What the console costs the request path: one attribute test per settled request, and
-while a console is open, one append to a bounded ring.
+while a console is open, a few additions.
 
 `Telemetry.settled` hands every admitted request, exactly once, to `Recorder.settled`.
 While nobody watches, it returns at once. While someone does (`watching`, switched by
-`live.Publisher` from a flag in the store), it appends the request's four records to a
-ring (a deque with a maximum length: O(1), no allocation besides the tuple). The
-publisher drains the ring a few times a second, off the request path, into:
-- running sums per deployment (tokens, cost) and per team and key (requests, tokens,
-  cost, cache hits and savings, errors): what the live view and the spend page show;
-- a sample of decisions (at most `sample_per_s` a second): the route, the candidates
-  and their scores, attempts, cache, tokens, cost. A prompt excerpt only for the teams
-  that opted in to content capture (`telemetry.tracing.capture_content`).
+`live.Publisher` from a flag in the store), it adds the request's numbers to running
+sums per deployment (tokens, cost) and per team and key (requests, tokens, cost, cache
+hits and savings, errors): what the live view and the spend page show. Nothing else of
+the request is kept, except every `stride`-th one, whole, for the Decisions stream.
 
-If a burst overflows the ring between two drains, the oldest entries are lost to the
-sums (counted in `dropped`): the console's figures never hold up a request.
+Keeping every request until the next drain would hold a quarter second of traffic's
+objects (parsed bodies, answers, plans): enough to survive the garbage collector's young
+generations, which then walks them again and again, and the request path pays for it
+wherever it next allocates. The stride is set at each drain from the arrival rate, so
+that about `sample_per_s` a second are kept; if traffic rises faster, every other kept
+request is let go and the stride doubled, so that they stay few and evenly spread.
+
+The publisher drains the recorder a few times a second, off the request path: from what
+was kept it makes a sample of decisions (at most `sample_per_s` a second): the route, the
+candidates and their scores, attempts, cache, tokens, cost. A prompt excerpt only for the
+teams that opted in to content capture (`telemetry.tracing.capture_content`).
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from gateway.accounting.metering import Outcome, RequestContext
 from gateway.store import SettleArgs
 from policies.routing.base import Plan
 
-RING = 8192  # settled requests held between drains (4 a second while watching)
 DECISIONS_KEPT = 50  # the most recent sampled decisions, published with each snapshot
+# Requests kept whole between two drains at most: a drain never makes more than
+# DECISIONS_KEPT decisions, and twice as many to choose from keeps them evenly spread.
+PICKED = 2 * DECISIONS_KEPT
 MAX_CANDIDATES = 8  # shown per decision
 EXCERPT_CHARS = 200
 
@@ -73,41 +80,20 @@ class Recorder:
     keys: dict[tuple[str, str], Sums] = field(default_factory=dict)
     decisions: deque[dict[str, Any]] = field(
         default_factory=lambda: deque(maxlen=DECISIONS_KEPT))
-    dropped: int = 0  # entries the ring lost to a burst before a drain
-    _ring: deque[Entry] = field(default_factory=lambda: deque(maxlen=RING))
+    stride: int = 1  # every stride-th settled request is kept for the sample
+    _arrived: int = 0  # settled requests since the last drain
+    _skip: int = 1  # settled requests until the next one kept (counting this one)
+    _picked: list[Entry] = field(default_factory=list)  # kept since the last drain
     _credit: float = 0.0  # decisions that may still be sampled
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
     def settled(self, ctx: RequestContext, out: Outcome, args: SettleArgs,
                 plan: Plan | None) -> None:
-        """The request path's hook: O(1), and nothing at all while nobody watches."""
-        if self.watching:
-            ring = self._ring
-            if len(ring) == RING:
-                self.dropped += 1
-            ring.append((ctx, out, args, plan))
-
-    def drain(self, elapsed_s: float) -> int:
-        """Fold what the ring holds into the sums and sample decisions from it, at most
-        `sample_per_s` x `elapsed_s` (the time since the last drain). How many it took."""
-        ring = self._ring
-        n = len(ring)
-        if not n:
-            self._credit = min(self.sample_per_s, self._credit + self.sample_per_s * elapsed_s)
-            return 0
-        entries = [ring.popleft() for _ in range(n)]
-        for ctx, out, args, _ in entries:
-            self._sum(ctx, out, args)
-        self._credit = min(self.sample_per_s, self._credit + self.sample_per_s * elapsed_s)
-        take = min(n, int(self._credit))
-        if take:
-            self._credit -= take
-            step = n / take  # evenly spread over what came in, not only the first
-            for i in range(take):
-                self.decisions.append(self.decision(*entries[int(i * step)]))
-        return n
-
-    def _sum(self, ctx: RequestContext, out: Outcome, args: SettleArgs) -> None:
+        """The request path's hook: nothing at all while nobody watches; while someone
+        does, three sums added to and, every `stride`-th request, one append."""
+        if not self.watching:
+            return
+        self._arrived += 1
         if out.deployment is not None:
             dep = self.deployments.get(out.deployment.id)
             if dep is None:
@@ -121,6 +107,35 @@ class Recorder:
         if key is None:
             key = self.keys[args.team, args.key_id] = Sums()
         key.add(args)
+        self._skip -= 1
+        if not self._skip:
+            self._skip = self.stride
+            picked = self._picked
+            if len(picked) == PICKED:  # more came than the stride was set for
+                del picked[1::2]  # (PICKED is even: those left are 2 strides apart)
+                self._skip = self.stride = 2 * self.stride
+            picked.append((ctx, out, args, plan))
+
+    def drain(self, elapsed_s: float) -> int:
+        """Sample decisions from the requests kept since the last drain, at most
+        `sample_per_s` x `elapsed_s` (the time since then), and set the stride for the
+        next. How many requests settled since the last drain."""
+        n, picked = self._arrived, self._picked
+        self._arrived, self._picked = 0, []
+        self._credit = min(self.sample_per_s, self._credit + self.sample_per_s * elapsed_s)
+        take = min(len(picked), int(self._credit))
+        if take:
+            self._credit -= take
+            step = len(picked) / take  # evenly spread over what was kept
+            for i in range(take):
+                self.decisions.append(self.decision(*picked[int(i * step)]))
+        # About as many kept next time as may then be taken, if traffic stays as it was
+        # (elapsed 0: nobody watches any more, and the next watch starts from every one).
+        wanted = self.sample_per_s * elapsed_s
+        self.stride = max(1, int(n / wanted)) if wanted > 0 else 1
+        # None ever wanted (sample_per_s 0): a countdown already past 0 keeps none.
+        self._skip = self.stride if self.sample_per_s else -1
+        return n
 
     def decision(self, ctx: RequestContext, out: Outcome, args: SettleArgs,
                  plan: Plan | None) -> dict[str, Any]:

@@ -119,8 +119,7 @@ class SnapshotBuilder:
                 # at least once, and the store is not sent the same ones over and over.
                 "decisions": [d for d in self.recorder.decisions
                               if d["t"] > wall - DECISIONS_FOR_S],
-                "incidents": list(self.watch.events),
-                "dropped": self.recorder.dropped}
+                "incidents": list(self.watch.events)}
         self._prev, self._prev_t = totals, now
         return snap
 

@@ -70,7 +70,7 @@ def snap(proc: str, seq: int = 1, at: float = NOW, **deps: dict[str, Any]) -> di
                                      "rates": {"failovers_total": 0.5},
                                      "budget": {"window_requests": 10}},
             "decisions": [{"id": f"{proc}:1", "t": at - 1}, {"id": "shared", "t": at - 2}],
-            "incidents": [], "dropped": 0}
+            "incidents": []}
 
 
 def test_processes_add_up() -> None:

@@ -1,6 +1,6 @@
-"""The request path's hook: nothing while nobody watches; while someone does, an append,
-drained in the background into sums and a bounded sample of decisions, without prompt
-text unless the team opted in."""
+"""The request path's hook: nothing while nobody watches; while someone does, sums added
+to and a few requests kept, from which the background drain makes a bounded sample of
+decisions, without prompt text unless the team opted in."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_nothing_is_kept_while_nobody_watches() -> None:
     for i in range(100):
         rec.settled(*settled(rid=f"r{i}"))
     assert rec.drain(1.0) == 0
-    assert not rec.deployments and not rec.teams and not rec.decisions
+    assert not rec.deployments and not rec.teams and not rec.decisions and not rec._picked
 
 
 def test_drained_into_sums_and_a_sample() -> None:
@@ -54,14 +54,49 @@ def test_a_decision_shows_the_route_and_never_content_unless_opted_in() -> None:
     assert opted["prompt"] == "a visible prompt"
 
 
-def test_a_burst_past_the_ring_is_counted_not_held() -> None:
-    rec = Recorder("p")
+def test_only_every_stride_th_request_is_kept_and_never_more_than_picked() -> None:
+    rec = Recorder("p", sample_per_s=10)
     rec.watching = True
-    entry = settled()
-    for _ in range(recorder_module.RING + 10):
-        rec.settled(*entry)
-    assert rec.dropped == 10
-    assert rec.drain(1.0) == recorder_module.RING
+    entries = [settled(rid=f"r{i}") for i in range(1000)]
+    for e in entries[:400]:  # a burst before any drain: kept, but thinned out as it comes
+        rec.settled(*e)
+    # Full at r100 and at r200 (every one kept, then every 2nd): every 4th since.
+    assert len(rec._picked) == recorder_module.PICKED and rec.stride == 4
+    assert [ctx.req.request_id for ctx, *_ in rec._picked] == [
+        f"r{i}" for i in range(0, 400, 4)]
+    assert rec.drain(0.25) == 400 and rec.teams["research"].requests == 400
+    assert len(rec.decisions) == 2  # the credit: 10 a second x 0.25 s (0.5 left over)
+    assert rec.stride == 160  # 1,600 a second, 10 of which are wanted
+    for e in entries[400:]:
+        rec.settled(*e)
+    assert [ctx.req.request_id for ctx, *_ in rec._picked] == [
+        f"r{i}" for i in range(559, 1000, 160)]
+    assert rec.drain(0.25) == 600 and rec.keys["research", "k1"].requests == 1000
+    assert len(rec.decisions) == 2 + 3 and not rec._picked
+
+
+def test_the_next_watch_starts_from_every_request() -> None:
+    rec = Recorder("p", sample_per_s=1)
+    rec.watching = True
+    for i in range(50):
+        rec.settled(*settled(rid=f"r{i}"))
+    rec.drain(1.0)
+    assert rec.stride == 50
+    rec.watching = False
+    rec.drain(0.0)  # what the publisher does when the flag goes
+    rec.watching = True
+    rec.settled(*settled(rid="first"))
+    assert [ctx.req.request_id for ctx, *_ in rec._picked] == ["first"]
+
+
+def test_nothing_is_kept_when_no_decisions_are_wanted() -> None:
+    rec = Recorder("p", sample_per_s=0)
+    rec.watching = True
+    rec.drain(0.25)
+    for i in range(300):
+        rec.settled(*settled(rid=f"r{i}"))
+    assert not rec._picked and rec.teams["research"].requests == 300
+    assert rec.drain(0.25) == 300 and not rec.decisions
 
 
 def test_excerpt() -> None:
