@@ -261,15 +261,21 @@ def test_a_replica_too_slow_for_long_prompts_is_not_probed_with_them() -> None:
     assert first(policy, [SLOW, PAID]) == SLOW.id
 
 
-def test_a_throttled_provider_is_probed_when_nothing_else_meets_the_slo() -> None:
-    """A storm of 429s from the provider while the pool is full: its errors would keep
-    it last for half a minute after the storm; a probe finds it well within seconds."""
+def throttled_cloud() -> tuple[Clock, Scoreboard, DeploymentStats]:
+    """A board whose provider answered well, then 429 to ten requests in a row."""
     clock = Clock()
     board = Scoreboard(clock)
     cloud = board.stats(PAID)
     served(board, PAID, 0.3, 1.0, n=10)
     for _ in range(10):
         board.failed(board.started(PAID), "HTTP 429")
+    return clock, board, cloud
+
+
+def test_a_throttled_provider_is_probed_when_nothing_else_meets_the_slo() -> None:
+    """A storm of 429s from the provider while the pool is full: its errors would keep
+    it last for half a minute after the storm; a probe finds it well within seconds."""
+    clock, board, cloud = throttled_cloud()
     s = board.stats(FAST)
     served(board, FAST, 0.1, 1.0, n=10)
     scrape(s, clock.now, running=16, waiting=20, completed=0)  # far behind
@@ -330,12 +336,7 @@ def test_a_dearer_shunned_deployment_recovers_by_its_failover_answers() -> None:
     probed (dearer than the choice), but it is on probation from the moment it is
     shunned, so the failovers it answers well after the storm have it back at once
     instead of when its errors decay."""
-    clock = Clock()
-    board = Scoreboard(clock)
-    cloud = board.stats(PAID)
-    served(board, PAID, 0.3, 1.0, n=10)
-    for _ in range(10):
-        board.failed(board.started(PAID), "HTTP 429")
+    clock, board, cloud = throttled_cloud()
     served(board, FAST, 0.1, 1.0, n=10)
     policy = SloCost(board)
     for _ in range(20):
