@@ -105,7 +105,7 @@ def summary(ms: list[float]) -> str:
 
 
 async def drill(gw: Gateway, n: int, seconds: float, clients: int, warm: float,
-                rounds: int, head: bytes) -> dict[str, object]:
+                rounds: int, head: bytes, linger: float) -> dict[str, object]:
     pid = gw.proc.pid
     # Warm: the gateway's caches, pools and allocator at their working size.
     await asyncio.gather(*(traffic(gw.url, time.monotonic() + warm, {"healthz": [], "chat": []},
@@ -115,13 +115,14 @@ async def drill(gw: Gateway, n: int, seconds: float, clients: int, warm: float,
                                  "head_sent": head.decode(), "rss_before_mib":
                                  round(baseline / MIB, 1)}
     for i in range(1, rounds + 1):
-        result[f"round_{i}"] = await attack(gw, n, seconds, clients, baseline, head)
+        result[f"round_{i}"] = await attack(gw, n, seconds, clients, baseline, head, linger)
     return result
 
 
 async def attack(gw: Gateway, n: int, seconds: float, clients: int, baseline: int,
-                 head: bytes) -> dict[str, object]:
-    """One attack of `seconds` under ordinary traffic, then 10 s of traffic alone."""
+                 head: bytes, linger: float) -> dict[str, object]:
+    """One attack of `seconds` under ordinary traffic, then `linger` seconds of traffic
+    alone, RSS read every 10 s of it."""
     pid = gw.proc.pid
     attacker = Attacker(gw.port, n, head)
     await attacker.start()
@@ -142,14 +143,18 @@ async def attack(gw: Gateway, n: int, seconds: float, clients: int, baseline: in
     during = rss(pid)
     await attacker.stop()
     after_lat: dict[str, list[float]] = {"healthz": [], "chat": []}
-    await traffic(gw.url, time.monotonic() + 10, after_lat, {"healthz": 0, "chat": 0})
+    stopped, curve = time.monotonic(), {}
+    while (waited := time.monotonic() - stopped) < linger - 0.5:
+        await traffic(gw.url, time.monotonic() + min(10, linger - waited), after_lat,
+                      {"healthz": 0, "chat": 0})
+        curve[f"{time.monotonic() - stopped:.0f}s"] = round(rss(pid) / MIB, 1)
     after = rss(pid)
     return {
         "ramp_s": round(ramp_s, 1), "half_open_held": [min(held), max(held)],
         "opened": attacker.opened, "timed_out_or_closed": attacker.ended,
         "refused": attacker.refused,
         "rss_mib": {"during": round(during / MIB, 1), "peak": round(peak / MIB, 1),
-                    "after": round(after / MIB, 1),
+                    "after": round(after / MIB, 1), "after_curve": curve,
                     "after_vs_before_pct": round((after - baseline) / baseline * 100, 1)},
         "healthz_during": summary(lat["healthz"]), "chat_during": summary(lat["chat"]),
         "failures_during": fails, "healthz_after": summary(after_lat["healthz"]),
@@ -163,6 +168,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="ordinary clients")
     parser.add_argument("--warm", type=float, default=20, help="seconds of traffic first")
     parser.add_argument("--rounds", type=int, default=1, help="attacks, one after another")
+    parser.add_argument("--linger", type=float, default=10,
+                        help="seconds of ordinary traffic after each attack (RSS every 10 s)")
     parser.add_argument("--silent", action="store_true",
                         help="the connections send nothing (else half a request head)")
     parser.add_argument("--redis", action="store_true", help="a Redis store (else in memory)")
@@ -188,7 +195,7 @@ def main() -> None:
         try:
             result = asyncio.run(drill(gw, args.connections, args.seconds, args.clients,
                                        args.warm, args.rounds,
-                                       b"" if args.silent else HALF))
+                                       b"" if args.silent else HALF, args.linger))
         finally:
             gw.stop()
             if redis is not None:

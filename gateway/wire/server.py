@@ -17,7 +17,8 @@ head is at most `max_head_bytes` (431), and a process holds at most `max_connect
 (more are answered 503 and closed), so slow or half-open clients cannot hold a process's
 file descriptors or memory. Deadlines (keep-alive's, the head's, the body's) are checked
 by one timer per server, every `tick_s` at most a second: no timer per request, nor per
-connection (an idle or half-open connection costs that much less); an idle connection
+connection, nor a parser before a connection's first head has ended (an idle or
+half-open connection costs that much less); an idle connection
 is closed at the first tick past its keep-alive, never before, and a keep-alive response
 says how long that is (`keep-alive: timeout=N`). A body that turns out malformed, or
 late, after the app has started reaches the app as `RequestBodyError` from `receive()`,
@@ -141,8 +142,10 @@ class HttpProtocol(asyncio.Protocol):
         # shortest, at most a second.
         self.tick_s = min(1.0, self.keep_alive_s / 4, limits.header_timeout_s / 4,
                           limits.request_timeout_s / 4)
-        # Made with the first byte: a connection that sends none costs none.
+        # Made once the first head has ended (gathered in `first_head` till then): a
+        # connection that sends none, or never ends its head, costs no parser.
         self.parser: httptools.HttpRequestParser = None  # type: ignore[assignment]
+        self.first_head: bytearray | None = None
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.server: tuple[str, int | None] | None = None
         self.client: tuple[str, int] | None = None
@@ -200,18 +203,21 @@ class HttpProtocol(asyncio.Protocol):
         self.stopped, self.active, self.cycle = True, None, None  # type: ignore[assignment]
         self.parser = None  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | bytearray) -> None:
         if self.stopped:
             return
         limit = self.limits.max_head_bytes
-        if self.phase == HEAD:  # a head that began in an earlier read: all of this is it
-            self.head_bytes += len(data)
-        self.check_head = len(data) > limit
         parser = self.parser
         if parser is None:
+            data = self._first_head(data, limit)
+            if not data:
+                return
             parser = self.parser = httptools.HttpRequestParser(self)
             # Answer the first of pipelined requests even if a later one says "close".
             parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        if self.phase == HEAD:  # a head that began in an earlier read: all of this is it
+            self.head_bytes += len(data)
+        self.check_head = len(data) > limit
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # served as HTTP; the parser can't go on: close
@@ -227,6 +233,28 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.phase == HEAD and self.head_bytes > limit:  # before llhttp buffers more
             self._head_too_large()
+
+    def _first_head(self, data: bytes | bytearray, limit: int) -> bytes | bytearray:
+        """A new connection's reads until its first head has ended (a blank line), then
+        all of them at once; nothing while it has not. Why: a parser and its bound
+        callbacks are ~1 KB of small objects, and after a flood of half-open connections
+        those would leave the allocator's arenas pinned by the few objects that outlive
+        the flood; a head's bytes are one buffer."""
+        head = self.first_head
+        if head is None:
+            if b"\n\r\n" in data or b"\n\n" in data:  # the usual case: one read, whole
+                return data
+            head = self.first_head = bytearray(data)
+            self.phase, self.since = HEAD, self.loop.time()
+        else:
+            start = max(0, len(head) - 2)
+            head += data
+            if head.find(b"\n\r\n", start) >= 0 or head.find(b"\n\n", start) >= 0:
+                self.first_head = None
+                return head
+        if len(head) > limit:
+            self._head_too_large()
+        return b""
 
     def _parse_error(self) -> None:
         self.stopped = True
@@ -269,7 +297,9 @@ class HttpProtocol(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self.phase, self.since, self.head_bytes = HEAD, self.loop.time(), 0
+        if self.phase != HEAD:  # (HEAD: a first head gathered since its first byte)
+            self.since = self.loop.time()
+        self.phase, self.head_bytes = HEAD, 0
         self.url, self.headers, self.expect_100 = b"", [], False
 
     def on_url(self, url: bytes) -> None:

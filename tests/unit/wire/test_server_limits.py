@@ -6,6 +6,7 @@ and trailers kept out of the next request."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.wire.limits import ServerLimits
-from tests.support.asgi_server import WAIT, Client, Server, get, serving
+from tests.support.asgi_server import WAIT, Client, Probe, Server, get, serving
 from tests.support.rss import MIB, peak, reset_peak
 
 FAST = ServerLimits(max_connections=6, header_timeout_s=0.3, request_timeout_s=0.6)
@@ -183,6 +184,60 @@ def test_a_first_byte_starts_the_heads_deadline(client: Client) -> None:
     client.send(b"G")
     status, _, _, waited = timed(client)
     assert status == 408 and waited < 0.3 + 1.0
+
+
+def _gathering(port: int) -> Probe:
+    """The server's protocol for the client on `port`, once it holds a head begun."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        conn = next((p for p in Probe.live if p.client is None and not p.stopped
+                     and p.first_head is not None and p.transport is not None
+                     and p.transport.get_extra_info("peername")[1] == port), None)
+        if conn is not None:
+            return conn
+        assert time.monotonic() < deadline, "the server never got the head's first part"
+        time.sleep(0.01)
+
+
+SPLIT_HEAD = [b"POST /echo?q=1 HTTP/1.1\r\nHost: t\r\nX-A: 1\r\nContent-Len", b"gth: 2\r",
+              b"\n\r", b"\nhi"]  # a name, and the blank line, split across reads
+
+
+def test_a_half_open_connection_holds_no_parser_and_its_head_is_parsed_whole(
+        server: Server, client: Client) -> None:
+    # A head begun and not ended is a few bytes (after a flood of half-open connections a
+    # parser each would leave the allocator's arenas pinned): the parser comes with the
+    # head's end, and reads every part at once.
+    client.send(SPLIT_HEAD[0])
+    conn = _gathering(client.sock.getsockname()[1])
+    for part in SPLIT_HEAD[1:-1]:
+        client.send(part)
+    assert conn.parser is None
+    client.send(SPLIT_HEAD[-1])
+    status, _, body = client.response()
+    info = json.loads(body)
+    assert (status, info["path"], info["query_string"], info["body"]) == (200, "/echo", "q=1",
+                                                                          "hi")
+    assert ["x-a", "1"] in info["headers"] and conn.parser is not None
+
+
+def test_a_gathered_head_ended_by_bare_lfs_gets_the_parsers_400_at_once(
+        server: Server, client: Client) -> None:
+    client.send(b"GET /echo HTTP/1.1\nHost: t\n")
+    _gathering(client.sock.getsockname()[1])
+    client.send(b"\n")  # the end of the head, as LF only: the parser refuses it (as uvicorn)
+    status, _, _, waited = timed(client)
+    assert status == 400 and client.closed() and waited < 0.3  # not the head's 408
+
+
+def test_a_gathered_head_is_held_to_the_cap(server: Server, client: Client) -> None:
+    client.send(b"GET /echo HTTP/1.1\r\nHost: t\r\n")
+    _gathering(client.sock.getsockname()[1])
+    with contextlib.suppress(OSError):
+        for _ in range(70):  # 70 KiB of one header line, never ended
+            client.send(b"x" * 1024)
+    status, _, body = client.response()
+    assert (status, body) == (431, b"Request header fields too large.") and client.closed()
 
 
 def test_the_defaults() -> None:
