@@ -36,10 +36,16 @@ from bench.routing_e2e_spec import EXPERIMENTS, POLICIES, Experiment
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run_seed(exp: Experiment, seed: int, workdir: Path) -> tuple[list[Summary], list[RunResult]]:
+def run_seed(exp: Experiment, seed: int, workdir: Path, counterfactual: bool = False
+             ) -> tuple[list[Summary], list[RunResult]]:
+    """`counterfactual`: each policy also runs the workload without the faults, which its
+    post-incident cost is compared with (twice the time)."""
     runs = [run_policy(exp, policy, seed, workdir / f"{policy}-{seed}")
             for policy in exp.policies]
-    return [summarize(exp, r) for r in runs], runs
+    calm = replace(exp, faults=())
+    unfaulted = [run_policy(calm, policy, seed, workdir / f"{policy}-{seed}-unfaulted")
+                 if counterfactual else None for policy in exp.policies]
+    return [summarize(exp, r, u) for r, u in zip(runs, unfaulted, strict=True)], runs
 
 
 def verdicts(summaries: Sequence[Summary]) -> list[str]:
@@ -82,6 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"comma-separated subset of {','.join(POLICIES)}")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--counterfactual", action="store_true",
+                   help="each policy also without the faults: post-incident cost against "
+                        "the same requests unfaulted (twice the time)")
     args = p.parse_args(argv)
     exp = EXPERIMENTS[args.experiment]
     if args.policies:
@@ -93,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     when = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     with tempfile.TemporaryDirectory(prefix="routing-e2e-") as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
-            summaries, runs = run_seed(exp, seed, Path(tmp))
+            summaries, runs = run_seed(exp, seed, Path(tmp), args.counterfactual)
             report(exp, seed, summaries, runs, args.out, when, not args.no_plot)
     return 0
 

@@ -11,8 +11,10 @@ again (the fault's end; for a kill, its restarted process answering `/health`) u
 pool's share of traffic (over `RECOVERY_WINDOW_S` of arrivals) is back within
 `RECOVERY_TOLERANCE` of its share in the `PRE_S` before the fault; **post cost** is the
 cost per 1M tokens of requests sent in the `POST_S` after that (or until the next fault)
-over that of the calm phase away from any fault, and over that of the quiet part of the
-phase the fault ended in (no fault nor the wake of one: the same load).
+over that of the calm phase away from any fault, over that of the quiet part of the
+phase the fault ended in (no fault nor the wake of one: the same load), and, given a run
+of the same workload without faults (`--counterfactual`), over that of the same requests
+there: what the fault itself left behind.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Incident:
     measured_s: float  # how long after the fault's end was looked at
     post_cost_ratio: float | None  # post-incident cost per token / calm cost per token
     post_cost_vs_phase: float | None  # ... / its phase's quiet cost per token
+    post_cost_vs_unfaulted: float | None = None  # ... / the same window's with no fault
 
 
 @dataclass(slots=True)
@@ -108,8 +111,8 @@ def _quiet_cost(exp: Experiment, rows: Sequence[Row], t: float) -> float | None:
     return None
 
 
-def _incidents(exp: Experiment, rows: Sequence[Row], recovered: dict[str, float]
-               ) -> list[Incident]:
+def _incidents(exp: Experiment, rows: Sequence[Row], recovered: dict[str, float],
+               unfaulted: Sequence[Row] | None) -> list[Incident]:
     pool = {u.name for u in exp.upstreams if u.pool}
     calm = _quiet_cost(exp, rows, 0.0)
     out = []
@@ -130,9 +133,11 @@ def _incidents(exp: Experiment, rows: Sequence[Row], recovered: dict[str, float]
             t += RECOVERY_STEP_S
         post = _cost_per_1m(_between(rows, well, horizon))
         phase = _quiet_cost(exp, rows, well)
+        same = _cost_per_1m(_between(unfaulted, well, horizon)) if unfaulted else None
         out.append(Incident(f.label, pre, recovery, horizon - well,
                             post / calm if post is not None and calm else None,
-                            post / phase if post is not None and phase else None))
+                            post / phase if post is not None and phase else None,
+                            post / same if post is not None and same else None))
     return out
 
 
@@ -154,7 +159,8 @@ def _timeline(exp: Experiment, rows: Sequence[Row], upstreams: Sequence[str]
     return out
 
 
-def summarize(exp: Experiment, run: RunResult) -> Summary:
+def summarize(exp: Experiment, run: RunResult, unfaulted: RunResult | None = None) -> Summary:
+    """`unfaulted`: the same policy, seed and workload without the faults."""
     rows, slo_s = run.rows, exp.slo_ttft_ms / 1000
     upstreams = [u.name for u in exp.upstreams]
     ttfts = sorted(r.ttft for r in rows if r.ttft is not None)
@@ -168,7 +174,8 @@ def summarize(exp: Experiment, run: RunResult) -> Summary:
         ttft_p50_ms=percentile(ttfts, 50) * 1000, ttft_p99_ms=percentile(ttfts, 99) * 1000,
         errors=sum(r.status != 200 or r.error is not None for r in rows),
         shares={u: sum(r.where == u for r in rows) / n for u in upstreams},
-        phases=phases, incidents=_incidents(exp, rows, run.recovered),
+        phases=phases, incidents=_incidents(exp, rows, run.recovered,
+                                           unfaulted.rows if unfaulted else None),
         timeline=_timeline(exp, rows, upstreams))
 
 
@@ -187,7 +194,7 @@ def table(summaries: Sequence[Summary]) -> str:
     phases = list(summaries[0].phases) if summaries else []
     head = ["policy", "attainment", "$/1M tok", "P50 TTFT", "P99 TTFT", "errors", "on cloud",
             f"quiet on cloud ({'/'.join(phases)})",
-            *(f"{lab}: back / cost vs calm, phase" for lab in labels)]
+            *(f"{lab}: back / cost vs calm, phase, no fault" for lab in labels)]
     rows = [head]
     for s in summaries:
         cells = [s.policy, f"{s.attainment:.1%}", f"{s.cost_per_1m:.4f}",
@@ -196,7 +203,8 @@ def table(summaries: Sequence[Summary]) -> str:
                  " / ".join(f"{p.get('quiet_share_cloud', 0.0):.1%}" for p in s.phases.values())]
         for inc in s.incidents:
             ratios = [f"{r:.2f}x" if r is not None else "-"
-                      for r in (inc.post_cost_ratio, inc.post_cost_vs_phase)]
+                      for r in (inc.post_cost_ratio, inc.post_cost_vs_phase,
+                                inc.post_cost_vs_unfaulted)]
             cells.append(f"{_recovery(inc)} / {', '.join(ratios)}")
         rows.append(cells)
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]

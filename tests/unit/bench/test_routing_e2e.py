@@ -81,3 +81,16 @@ def test_recovery_and_post_incident_cost() -> None:
     assert late.incidents[0].recovery_s is None and "stop fast 10-20s" in table([late])
     restarted = summarize(EXP, replace(run, recovered={"stop fast 10-20s": 21.5}))
     assert restarted.incidents[0].recovery_s == 0.0  # measured from when it was well again
+
+
+def test_post_incident_cost_against_the_same_requests_unfaulted() -> None:
+    # Without the fault the same window sends 5 of its 300 requests to the cloud (the
+    # load's own spill): the fault's run, 15 there, costs 1.45x calm but 1.45 / 1.15 of
+    # the same requests unfaulted.
+    run = RunResult("slo-cost", 1, _rows(21.5), 600, 1.0, "", {"stop fast 10-20s": 20.0})
+    unfaulted = replace(run, rows=[replace(r, where="cloud", cost_usd=5e-4)
+                                   if 20.0 <= r.t < 20.5 else r for r in _rows(0.0)])
+    [inc] = summarize(EXP, run, unfaulted).incidents
+    assert inc.post_cost_vs_unfaulted is not None
+    assert abs(inc.post_cost_vs_unfaulted - 1.45 / 1.15) < 1e-9
+    assert summarize(EXP, run).incidents[0].post_cost_vs_unfaulted is None
