@@ -11,32 +11,52 @@ import math
 from bisect import bisect_left, insort
 from collections import deque
 
+_exp = math.exp
+
+
+def _decay(age: float, decay_s: float) -> float:
+    """exp(-age / decay_s), 1 for an age below 0 (a clock read before the last stamp)."""
+    return _exp(-age / decay_s) if age > 0 else 1.0
+
 
 class WindowedQuantiles:
     """The samples of the last `window_s` seconds (at most `cap`), quantiles on demand.
 
-    The values are also kept sorted, by insertion (bisect: a C memmove of at most `cap`
-    floats), so a quantile is one index even when every request adds a sample and reads
-    one (routing does both, at the full request rate).
+    While the window is read, its values are also kept sorted, by insertion (bisect: a C
+    memmove of at most `cap` floats), so a quantile is one index even when every request
+    adds a sample and reads one (routing does both, at the full request rate). A window
+    not read for `cap` samples (most are read only by the console, or a stall check)
+    stops sorting on every add, and sorts once when it is read again.
     """
 
-    __slots__ = ("_samples", "_sorted", "cap", "window_s")
+    __slots__ = ("_samples", "_sorted", "_unread", "cap", "window_s")
 
     def __init__(self, window_s: float = 60.0, cap: int = 512) -> None:
         self.window_s = window_s
         self.cap = cap
         self._samples: deque[tuple[float, float]] = deque()
-        self._sorted: list[float] = []
+        self._sorted: list[float] | None = []  # None: not kept until the next read
+        self._unread = 0  # samples added since the last read
 
     def add(self, value: float, now: float) -> None:
-        self._samples.append((now, value))
-        insort(self._sorted, value)
-        if len(self._samples) > self.cap:
-            self._forget(self._samples.popleft()[1])
+        samples = self._samples
+        samples.append((now, value))
+        values = self._sorted
+        if values is None:
+            if len(samples) > self.cap:
+                samples.popleft()
+            return
+        insort(values, value)
+        if len(samples) > self.cap:
+            del values[bisect_left(values, samples.popleft()[1])]
+        self._unread += 1
+        if self._unread > self.cap:
+            self._sorted = None
 
     def _forget(self, value: float) -> None:
         values = self._sorted
-        del values[bisect_left(values, value)]
+        if values is not None:
+            del values[bisect_left(values, value)]
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window_s
@@ -60,7 +80,10 @@ class WindowedQuantiles:
 
     def quantile(self, q: float, now: float) -> float | None:
         self._prune(now)
+        self._unread = 0
         values = self._sorted
+        if values is None:
+            values = self._sorted = sorted([v for _, v in self._samples])
         if not values:
             return None
         return values[min(len(values) - 1, int(q * len(values)))]
@@ -85,17 +108,18 @@ class PeakEWMA:
         self._stamp = 0.0
 
     def observe(self, sample: float, now: float) -> None:
-        if self.value is None or sample > self.value:
+        value = self.value
+        if value is None or sample > value:
             self.value = sample
         else:
-            w = math.exp(-max(0.0, now - self._stamp) / self.decay_s)
-            self.value = self.value * w + sample * (1 - w)
+            w = _decay(now - self._stamp, self.decay_s)
+            self.value = value * w + sample * (1 - w)
         self._stamp = now
 
     def get(self, now: float) -> float | None:
         if self.value is None:
             return None
-        return self.value * math.exp(-max(0.0, now - self._stamp) / (self.decay_s * 6))
+        return self.value * _decay(now - self._stamp, self.decay_s * 6)
 
 
 class DecayingRate:
@@ -111,11 +135,12 @@ class DecayingRate:
     def observe(self, bad: bool, now: float) -> None:
         # An EWMA with alpha 0.1 per event (one failure is 0.1; seven in a row pass 0.5),
         # on top of the time decay that forgets an old incident.
-        self.value = self.get(now) * 0.9 + (0.1 if bad else 0.0)
+        self.value = self.value * _decay(now - self._stamp, self.decay_s) * 0.9 + (
+            0.1 if bad else 0.0)
         self._stamp = now
 
     def get(self, now: float) -> float:
-        return self.value * math.exp(-max(0.0, now - self._stamp) / self.decay_s)
+        return self.value * _decay(now - self._stamp, self.decay_s)
 
 
 class DecayingMean:
@@ -132,7 +157,7 @@ class DecayingMean:
         self._stamp = 0.0
 
     def add(self, value: float, now: float, weight: float = 1.0) -> None:
-        w = math.exp(-max(0.0, now - self._stamp) / self.decay_s)
+        w = _decay(now - self._stamp, self.decay_s)
         self.weight = self.weight * w + weight
         self._sum = self._sum * w + value * weight
         self._stamp = now
