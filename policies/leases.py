@@ -118,8 +118,9 @@ class Lease:
     @property
     def low(self) -> bool:
         """Below half of what a grant aims at, in any dimension: time to top up."""
-        return any(free < want for free, want in zip(
-            (self.requests, self.tokens, self.nanos), self._worth(self.target / 2), strict=True))
+        half = self.target / 2  # (_worth(half), compared without building it: per request)
+        return (self.requests < half or self.tokens < half * self.tokens_per
+                or self.nanos < half * self.nanos_per)
 
     def wanted(self, now: float, renewal: bool) -> tuple[tuple[int, int, int],
                                                          tuple[int, int, int]]:

@@ -62,6 +62,10 @@ def max_output_tokens(operation: str, body: dict[str, Any], default: int) -> int
     return int(asked) * int(body.get("n") or 1)
 
 
+def _write_price(dep: Deployment) -> float:
+    return dep.price_input if dep.price_cache_write is None else dep.price_cache_write
+
+
 def cost_nanos(dep: Deployment, usage: Usage) -> int:
     """The canonical usage's cost: cache reads and writes are parts of `prompt_tokens`
     (canonical.Usage), each priced at its own rate, the rest of the prompt at `input`;
@@ -69,7 +73,7 @@ def cost_nanos(dep: Deployment, usage: Usage) -> int:
     cached = min(usage.cached_tokens, usage.prompt_tokens)
     written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
     read_price = dep.price_input if dep.price_cached_input is None else dep.price_cached_input
-    write_price = dep.price_input if dep.price_cache_write is None else dep.price_cache_write
+    write_price = _write_price(dep)
     return round(1000 * ((usage.prompt_tokens - cached - written) * dep.price_input
                          + cached * read_price + written * write_price
                          + usage.completion_tokens * dep.price_output))
@@ -78,5 +82,9 @@ def cost_nanos(dep: Deployment, usage: Usage) -> int:
 def worst_case_nanos(deps: Iterable[Deployment], prompt: int, output: int) -> int:
     """What to reserve: the dearest deployment the plan might end up on, no cache discount,
     and the whole prompt written to the cache where that costs more than input."""
-    plain, written = Usage(prompt, output), Usage(prompt, output, cache_write_tokens=prompt)
-    return max((max(cost_nanos(d, plain), cost_nanos(d, written)) for d in deps), default=0)
+    # cost_nanos of Usage(prompt, output) and of the same with the prompt all written,
+    # the dearer of the two, without building either (per request): the same floats,
+    # and rounding the largest is the largest rounded.
+    worst = max((prompt * max(d.price_input, _write_price(d)) + output * d.price_output
+                 for d in deps), default=0.0)
+    return round(1000 * worst)

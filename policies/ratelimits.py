@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 WINDOW_MS = 60_000.0  # limits are per minute
 EPS_MS = 1e-3  # absorbs float drift of repeated `tat += interval`
@@ -66,9 +66,9 @@ def _remaining(now: float, tat: float, interval: float) -> int:
     return max(0, math.floor((now + WINDOW_MS - tat) / interval + 1e-9))
 
 
-@dataclass(slots=True, frozen=True)
-class LimitState:
-    """What the headers report for one kind (requests or tokens): the tighter limiter."""
+class LimitState(NamedTuple):
+    """What the headers report for one kind (requests or tokens): the tighter limiter.
+    (A named tuple: one is made per admission, at a third of a frozen dataclass's cost.)"""
 
     limit: int
     remaining: int
@@ -78,7 +78,7 @@ class LimitState:
 def duration(ms: float) -> str:
     """OpenAI's reset format, Go-style: `20ms`, `1.5s`, `6m0s`, `1h2m3s`."""
     if ms < 1000:
-        return f"{max(0, math.ceil(ms))}ms"
+        return f"{math.ceil(ms)}ms" if ms > 0 else "0ms"
     total = math.ceil(ms) / 1000
     hours, rest = divmod(total, 3600)
     minutes, seconds = divmod(rest, 60)
@@ -90,11 +90,15 @@ def duration(ms: float) -> str:
     return secs
 
 
-def headers(requests: LimitState | None, tokens: LimitState | None) -> list[tuple[bytes, bytes]]:
-    out: list[tuple[bytes, bytes]] = []
-    for kind, state in ((b"requests", requests), (b"tokens", tokens)):
+_NAMES = tuple((b"x-ratelimit-limit-" + kind, b"x-ratelimit-remaining-" + kind,
+                b"x-ratelimit-reset-" + kind) for kind in (b"requests", b"tokens"))
+
+
+def headers(requests: LimitState | None, tokens: LimitState | None
+            ) -> tuple[tuple[bytes, bytes], ...]:
+    out: tuple[tuple[bytes, bytes], ...] = ()
+    for (limit, remaining, reset), state in zip(_NAMES, (requests, tokens), strict=True):
         if state is not None:
-            out += [(b"x-ratelimit-limit-" + kind, b"%d" % state.limit),
-                    (b"x-ratelimit-remaining-" + kind, b"%d" % state.remaining),
-                    (b"x-ratelimit-reset-" + kind, duration(state.reset_ms).encode())]
+            out += ((limit, b"%d" % state.limit), (remaining, b"%d" % state.remaining),
+                    (reset, duration(state.reset_ms).encode()))
     return out

@@ -258,7 +258,7 @@ class Admission:
         if leases is not None and (lease := leases.take(principal, tokens, cost)):
             headers = ratelimits.headers(*lease.states(time.monotonic(), tokens))
             return RequestContext(principal, req, new_id(), prompt, output, tokens,
-                                  tuple(headers), lease.id, cost, from_lease=True)
+                                  headers, lease.id, cost, from_lease=True)
         args = AdmitArgs(
             team=principal.team, key_id=principal.key_id, reservation=new_id(),
             check_key=True, key_limits=principal.key_limits, team_limits=principal.team_limits,
@@ -275,7 +275,7 @@ class Admission:
         leases = self.leases
         if leases is not None and (lease := leases.take(principal, 0, 0, start=False)):
             headers = ratelimits.headers(*lease.states(time.monotonic(), 0))
-            return RequestContext(principal, req, new_id(), 0, 0, 0, tuple(headers), lease.id,
+            return RequestContext(principal, req, new_id(), 0, 0, 0, headers, lease.id,
                                   from_lease=True)
         p = principal
         args = AdmitArgs(team=p.team, key_id=p.key_id, reservation=new_id(),
@@ -302,12 +302,12 @@ class Admission:
         own = args.reservation
         if shared:  # reserved in the store: settlement gives back this request's part
             return RequestContext(principal, req, own, prompt, output, args.tokens,
-                                  tuple(ratelimits.headers(result.requests, result.tokens)),
+                                  ratelimits.headers(result.requests, result.tokens),
                                   own, args.cost_nanos)
         # Admitted by the outage policy. If the store's admission was lost on the way
         # back it may have reserved: the settlement gives back whatever is reserved.
         return RequestContext(principal, req, own, prompt, output, 0,
-                              tuple(ratelimits.headers(result.requests, result.tokens)),
+                              ratelimits.headers(result.requests, result.tokens),
                               own, ALL if lost else 0)
 
     async def _decide(self, args: AdmitArgs) -> tuple[AdmitResult, bool, bool]:
