@@ -69,13 +69,19 @@ def _write_price(dep: Deployment) -> float:
 def cost_nanos(dep: Deployment, usage: Usage) -> int:
     """The canonical usage's cost: cache reads and writes are parts of `prompt_tokens`
     (canonical.Usage), each priced at its own rate, the rest of the prompt at `input`;
-    reasoning tokens are part of `completion_tokens`, priced as output."""
-    cached = min(usage.cached_tokens, usage.prompt_tokens)
-    written = min(usage.cache_write_tokens, usage.prompt_tokens - cached)
-    read_price = dep.price_input if dep.price_cached_input is None else dep.price_cached_input
-    write_price = _write_price(dep)
-    return round(1000 * ((usage.prompt_tokens - cached - written) * dep.price_input
-                         + cached * read_price + written * write_price
+    reasoning tokens are part of `completion_tokens`, priced as output. (Once per request:
+    comparisons rather than min(), a third of the time.)"""
+    prompt = usage.prompt_tokens
+    cached = usage.cached_tokens
+    if cached > prompt:
+        cached = prompt
+    written = usage.cache_write_tokens
+    if written > prompt - cached:
+        written = prompt - cached
+    price = dep.price_input
+    read_price = price if dep.price_cached_input is None else dep.price_cached_input
+    return round(1000 * ((prompt - cached - written) * price + cached * read_price
+                         + written * _write_price(dep)
                          + usage.completion_tokens * dep.price_output))
 
 

@@ -135,16 +135,17 @@ def settlement(ctx: RequestContext, out: Outcome, now: float | None = None) -> S
         cost = round(cost * ctx.price_factor)
     p, req = ctx.principal, ctx.req
     latency = now - out.started
+    total, hit = usage.total_tokens, out.cache_hit
     event = {
         "request_id": req.request_id, "time": round(out.wall, 3), "team": p.team,
         "key_id": p.key_id, "model": req.model, "operation": req.operation,
         "deployment": out.deployment.id if out.deployment else None, "stream": req.stream,
         "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
         "cached_tokens": usage.cached_tokens, "cache_write_tokens": usage.cache_write_tokens,
-        "reasoning_tokens": usage.reasoning_tokens, "total_tokens": usage.total_tokens,
+        "reasoning_tokens": usage.reasoning_tokens, "total_tokens": total,
         "cost_usd": to_usd(cost), "latency_ms": round(latency * 1000, 2),
         "ttft_ms": round(((out.first_byte or now) - out.started) * 1000, 2),
-        "status": out.status, "cache_hit": out.cache_hit, "retries": out.retries,
+        "status": out.status, "cache_hit": hit, "retries": out.retries,
         "estimated": estimated, "saved_tokens": out.saved_tokens,
         "saved_cost_usd": to_usd(out.saved_cost_nanos),
     }
@@ -152,7 +153,7 @@ def settlement(ctx: RequestContext, out: Outcome, now: float | None = None) -> S
     return SettleArgs(
         team=p.team, key_id=p.key_id, settlement=ctx.admission_id,
         reservation=ctx.reservation or ctx.admission_id, reserved_nanos=ctx.reserved_nanos,
-        token_delta=usage.total_tokens - ctx.reserved_tokens if reserved else 0,
+        token_delta=total - ctx.reserved_tokens if reserved else 0,
         key_tpm=p.key_limits.tpm if reserved else 0,
         team_tpm=p.team_limits.tpm if reserved else 0,
         cost_nanos=cost,
@@ -160,7 +161,7 @@ def settlement(ctx: RequestContext, out: Outcome, now: float | None = None) -> S
         key_period=p.key_budget.period if p.key_budget else "monthly",
         model=req.model, prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens, cached_tokens=usage.cached_tokens,
-        cache_hit=out.cache_hit, error=out.status >= 400, estimated=estimated,
+        cache_hit=hit, error=out.status >= 400, estimated=estimated,
         event=orjson.dumps(event), saved_tokens=out.saved_tokens,
         saved_cost_nanos=out.saved_cost_nanos, cache_write_tokens=usage.cache_write_tokens,
         reasoning_tokens=usage.reasoning_tokens)
