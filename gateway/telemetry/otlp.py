@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.telemetry.spans import SCOPE, LeanSpan
 
@@ -84,26 +85,27 @@ def _any_value(value: Any) -> bytes:
     return _field(_F1, str(value).encode())
 
 
-# Encoded KeyValues of the (key, value) pairs that recur (a team, a model, a deployment),
-# so that most attributes are a dict lookup. A key with many values (ids, timings) stops
-# being remembered after _VALUES_PER_KEY of them.
-_PAIRS: dict[tuple[str, Any], bytes] = {}
+# Encoded attributes of the (key, value) pairs that recur (a team, a model, a deployment),
+# by the field they are encoded as (a span's, an event's, the resource's), so that most
+# attributes are a dict lookup, their tag included. A key with many values (ids, timings)
+# stops being remembered after _VALUES_PER_KEY of them.
+_PAIRS: dict[bytes, dict[tuple[str, Any], bytes]] = {}
 _VALUES: dict[str, int] = {}
 _VALUES_PER_KEY = 32
 _MAX_KEYS = 1024
 
 
-def _key_value(key: str, value: Any) -> bytes:
-    pair = (key, value)
-    try:
-        return _PAIRS[pair]
-    except (KeyError, TypeError):  # new, or a list (unhashable)
-        pass
-    out = _field(_F1, key.encode()) + _field(_F2, _any_value(value))
+def _key_value(tag: bytes, pair: tuple[str, Any]) -> bytes:
+    """One KeyValue as the field whose key is `tag`, remembered if it may recur."""
+    key, value = pair
+    out = _field(tag, _field(_F1, key.encode()) + _field(_F2, _any_value(value)))
     seen = _VALUES.get(key, 0)
-    if seen < _VALUES_PER_KEY and type(value) is not list and (seen or len(_VALUES) < _MAX_KEYS):
+    if seen < _VALUES_PER_KEY and (seen or len(_VALUES) < _MAX_KEYS):
+        try:
+            _PAIRS.setdefault(tag, {})[pair] = out
+        except TypeError:  # a tuple holding a list: unhashable
+            return out
         _VALUES[key] = seen + 1
-        _PAIRS[pair] = out
     return out
 
 
@@ -111,10 +113,27 @@ def _attributes(tag: bytes, attrs: Mapping[str, Any] | None) -> bytes:
     """`repeated KeyValue` as the field whose key is `tag`."""
     if not attrs:
         return b""
-    return b"".join([_field(tag, _key_value(k, v)) for k, v in attrs.items() if v is not None])
+    known = _PAIRS.get(tag) or {}
+    out = []
+    for pair in attrs.items():  # each (key, value) tuple is its own lookup key
+        value = pair[1]
+        if value is None:
+            continue
+        if type(value) is list:  # as the tuple it encodes alike, which can be remembered
+            pair = (pair[0], tuple(value))
+        try:
+            encoded = known.get(pair)
+        except TypeError:  # a tuple holding a list
+            encoded = None
+        out.append(encoded or _key_value(tag, pair))
+    return b"".join(out)
 
 
 _FIXED64 = struct.Struct("<Q")
+# A span's kind field (the API's kinds start at 0, OTLP's at 1), by the enum's value:
+# looked up by `_value_`, the attribute under the slower `.value` property.
+_KINDS = {kind.value: b"\x30" + _varint(kind.value + 1) for kind in SpanKind}
+_UNSET = StatusCode.UNSET
 
 
 def encode_span(span: LeanSpan) -> bytes:
@@ -125,7 +144,7 @@ def encode_span(span: LeanSpan) -> bytes:
     if span.parent is not None:
         parts.append(b"\x22\x08" + span.parent.span_id.to_bytes(8, "big"))
     parts.append(_field(_F5, span.name.encode()))
-    parts.append(b"\x30" + _varint(span.kind.value + 1))  # the API's kinds start at 0
+    parts.append(_KINDS[span.kind._value_])
     parts.append(b"\x39" + _FIXED64.pack(span.start_time))
     parts.append(b"\x41" + _FIXED64.pack(span.end_time or span.start_time))
     parts.append(_attributes(_F9, span.attributes))
@@ -133,7 +152,7 @@ def encode_span(span: LeanSpan) -> bytes:
         parts.append(_field(_F11, b"\x09" + _FIXED64.pack(when) + _field(_F2, name.encode())
                             + _attributes(_F3, attrs)))
     status = span.status
-    if status.status_code.value:  # UNSET is the default: nothing to send
+    if status.status_code is not _UNSET:  # the default: nothing to send
         message = _field(_F2, status.description.encode()) if status.description else b""
         parts.append(_field(_F15, message + b"\x18" + _varint(status.status_code.value)))
     return _field(_F2, b"".join(parts))

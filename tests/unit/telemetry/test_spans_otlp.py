@@ -76,6 +76,22 @@ def test_a_span_decodes_to_what_was_recorded() -> None:
     assert not srv.HasField("status")  # unset: nothing sent
 
 
+def test_remembered_attributes_decode_the_same_as_span_and_event_attributes() -> None:
+    # The encoder remembers recurring (key, value) pairs by the field they are encoded as
+    # (a span's attributes, an event's), a list as the tuple it encodes alike.
+    ended: list[LeanSpan] = []
+    tracer = Tracer(ended.append)
+    attrs = {"team": "a", "models": ["m1", "m2"], "n": 3, "ids": ("x", "y")}
+    for _ in range(3):
+        span = tracer.start_span("s", attributes=attrs)
+        span.add_event("e", attrs, 1)
+        span.end()
+    for span in decoded(ended).resource_spans[0].scope_spans[0].spans:
+        expected = {"team": "a", "models": ["m1", "m2"], "n": 3, "ids": ["x", "y"]}
+        assert {a.key: value(a.value) for a in span.attributes} == expected
+        assert {a.key: value(a.value) for a in span.events[0].attributes} == expected
+
+
 def test_an_ended_span_takes_no_more_and_reads_like_the_sdks() -> None:
     ended: list[LeanSpan] = []
     span = Tracer(ended.append).start_span("s", attributes={"a": [1, 2]})
