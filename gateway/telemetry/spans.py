@@ -41,6 +41,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 SCOPE = "turnout"
 _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
 _BITS_64 = (1 << 64) - 1
+_UNSET = Status(StatusCode.UNSET)  # immutable: shared by every span until one sets its own
 
 
 class LeanSpan(trace.Span):
@@ -59,7 +60,7 @@ class LeanSpan(trace.Span):
         self.kind = kind
         self.attributes: dict[str, AttributeValue] = dict(attributes) if attributes else {}
         self.events: list[tuple[str, int, Attributes]] = []
-        self.status = Status(StatusCode.UNSET)
+        self.status = _UNSET
         self.start_time = time.time_ns()
         self.end_time: int | None = None
 

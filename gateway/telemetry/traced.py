@@ -6,8 +6,8 @@ when it is off.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from types import TracebackType
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
@@ -34,18 +34,25 @@ def _sampled_out() -> bool:
     return request is not None and not request.recording
 
 
-@contextmanager
-def _step(tracer: Tracer, name: str) -> Iterator[Span]:
+class _Step:
     """A span for one step; a refusal (`GatewayError`) marks it failed, with its code.
-    Not made current: a step has no child spans, and that saves a context switch."""
-    span = tracer.start_span(name)
-    try:
-        yield span
-    except GatewayError as err:
-        span.set_attribute("error.type", err.code or str(err.status))
-        span.set_status(Status(StatusCode.ERROR, err.message))
-        raise
-    finally:
+    Not made current: a step has no child spans, and that saves a context switch. (A
+    class, not a @contextmanager generator: three steps a request, at a third the cost.)"""
+
+    __slots__ = ("span",)
+
+    def __init__(self, tracer: Tracer, name: str) -> None:
+        self.span = tracer.start_span(name)
+
+    def __enter__(self) -> Span:
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        span = self.span
+        if isinstance(err, GatewayError):
+            span.set_attribute("error.type", err.code or str(err.status))
+            span.set_status(Status(StatusCode.ERROR, err.message))
         span.end()
 
 
@@ -60,7 +67,7 @@ class TracedAdmission:
                     deployments: Sequence[Deployment]) -> RequestContext:
         if _sampled_out():
             return await self._inner.admit(principal, req, deployments)
-        with _step(self._tracer, "turnout.admission") as span:
+        with _Step(self._tracer, "turnout.admission") as span:
             span.set_attribute("turnout.team", principal.team)
             ctx = await self._inner.admit(principal, req, deployments)
             span.set_attribute("turnout.reserved_tokens", ctx.reserved_tokens)
@@ -69,7 +76,7 @@ class TracedAdmission:
     async def admit_hit(self, principal: Principal, req: CanonicalRequest) -> RequestContext:
         if _sampled_out():
             return await self._inner.admit_hit(principal, req)
-        with _step(self._tracer, "turnout.admission") as span:
+        with _Step(self._tracer, "turnout.admission") as span:
             span.set_attribute("turnout.team", principal.team)
             return await self._inner.admit_hit(principal, req)
 
@@ -88,7 +95,7 @@ class TracedCache:
                      headers: RawHeaders) -> CacheTicket | None:
         if _sampled_out():
             return await self._inner.lookup(principal, req, headers)
-        with _step(self._tracer, "turnout.cache") as span:
+        with _Step(self._tracer, "turnout.cache") as span:
             found = await self._inner.lookup(principal, req, headers)
             span.set_attribute("turnout.cache.result",
                                found.outcome.decode() if found is not None else "off")
@@ -108,7 +115,7 @@ class TracedPlanner:
         if _sampled_out():
             return self._inner.plan(req, deployments, hints, team_slo_ms=team_slo_ms,
                                     team_priority=team_priority, shed=shed)
-        with _step(self._tracer, "turnout.route") as span:  # a shed request: 429 on it
+        with _Step(self._tracer, "turnout.route") as span:  # a shed request: 429 on it
             plan = self._inner.plan(req, deployments, hints, team_slo_ms=team_slo_ms,
                                     team_priority=team_priority, shed=shed)
             attrs: genai.Attributes = {
