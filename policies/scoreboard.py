@@ -118,7 +118,7 @@ class DeploymentStats:
         """Whether an attempt has waited for its first byte far longer than usual."""
         if not self.awaiting:
             return False
-        waited = now - min(self.awaiting.values())
+        waited = now - next(iter(self.awaiting.values()))  # the oldest: see `started`
         if waited < STALL_MIN_S:
             return False
         if self.first_byte.count(now) < _MIN_SAMPLES:
@@ -252,6 +252,9 @@ class Scoreboard:
         s.in_flight += 1
         s.requests += 1
         if attempt is not None:
+            # In the order attempts start (an id reused: moved to the end), so the first
+            # is the oldest: `stalled` reads it on every plan without scanning them all.
+            s.awaiting.pop(id(attempt), None)
             s.awaiting[id(attempt)] = self.clock()
         return s
 

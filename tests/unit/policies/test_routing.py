@@ -361,10 +361,12 @@ def test_a_stalled_deployment_goes_last_until_its_attempt_is_answered() -> None:
     board.started(a, hung)
     clock.now += 0.9  # waiting, but under 1 s: not judged yet
     assert first() == "a/m"
+    board.started(a, newer := object())  # a later attempt: the oldest is the one judged
     clock.now += 0.2  # 1.1 s > max(1 s, 4 x 50 ms): stalled
     plan = planner.plan(chat(), [a, b], RouteHints())
     assert [d.id for d in plan.candidates] == ["b/m", "a/m"]
     assert "stalled skipped" in plan.reason
     board.failed(board.stats(a), "timeout", timeout=True, attempt=hung)
-    assert first() == "a/m"  # the hung attempt is over: judged as before
+    assert first() == "a/m"  # the hung attempt is over: judged as before (newer: 0.2 s)
+    board.succeeded(board.stats(a), e2e_s=0.2, streamed=False, attempt=newer)
     assert not board.stats(b).stalled(clock.now)
