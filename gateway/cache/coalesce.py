@@ -49,8 +49,8 @@ class Flight:
 
     __slots__ = ("done", "key", "lock", "token", "until")
 
-    def __init__(self, key: str) -> None:
-        self.done: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+    def __init__(self, key: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.done: asyncio.Future[Entry | None] = loop.create_future()
         self.key = key
         self.lock = layout.cache_lock(key)
         self.token = b""
@@ -82,7 +82,18 @@ class Coalescer:
         self._flights: dict[str, Flight] = {}
         self._held: dict[str, Flight] = {}  # lock → its leader's flight, renewed while held
         self._renewer: asyncio.Task[None] | None = None
-        self._tokens = (f"{os.urandom(8).hex()}:{n}".encode() for n in itertools.count())
+        # Lock tokens: this process's random prefix (drawn once: a system call each) and a
+        # count, unique to each lookup.
+        prefix = os.urandom(8).hex()
+        self._tokens = (f"{prefix}:{n}".encode() for n in itertools.count())
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, asked for once: on Python 3.11 each ask is a getpid()."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     async def find(self, key: str, deadline: float) -> Found:
         """The entry, or the lead; raises TimeoutError once `deadline` (loop time) passes
@@ -97,7 +108,7 @@ class Coalescer:
             if entry is not None:
                 return Found(entry, None, True)
             # Its leader failed: loop, and the first of us to get here takes over.
-        flight = self._flights[key] = Flight(key)
+        flight = self._flights[key] = Flight(key, self.loop)
         try:
             found = await self._probe(key, flight, deadline)
         except BaseException:
@@ -109,7 +120,7 @@ class Coalescer:
         return found
 
     async def _probe(self, key: str, flight: Flight, deadline: float) -> Found:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         token = next(self._tokens)
         raw, locked = await self.store.cache_lookup(key, flight.lock, token, self.lock_ttl_s)
         delay, polled = _POLL_FIRST_S, False
@@ -149,7 +160,7 @@ class Coalescer:
             flight.done.set_result(entry)
 
     def _hold(self, flight: Flight) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         flight.until = loop.time() + self.max_hold_s
         self._held[flight.lock] = flight
         if self._renewer is None or self._renewer.done():

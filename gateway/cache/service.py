@@ -140,7 +140,7 @@ class ResponseCache:
             ct.entry = Entry.decode(raw) if raw is not None else None
             self._available()
             return False
-        deadline = asyncio.get_running_loop().time() + self.wait_s
+        deadline = self.coalescer.loop.time() + self.wait_s
         try:
             found = await self.coalescer.find(ct.key, deadline)
         except TimeoutError:
