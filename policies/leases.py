@@ -184,6 +184,12 @@ def _view(state: LimitState | None, free: float, used: int, elapsed_ms: float
     if state is None:
         return None
     # What a limiter counted at an earlier grant may have come back in its view since:
-    # never more than the limit less this request.
-    return LimitState(state.limit, max(0, min(state.limit - used, state.remaining + int(free))),
-                      max(0.0, state.reset_ms - elapsed_ms))
+    # never more than the limit less this request. (Comparisons, not min()/max(): this
+    # runs twice per request.)
+    limit, remaining, reset_ms = state
+    remaining += int(free)
+    if remaining > limit - used:
+        remaining = limit - used
+    reset_ms -= elapsed_ms
+    return LimitState(limit, remaining if remaining > 0 else 0,
+                      reset_ms if reset_ms > 0 else 0.0)
