@@ -178,6 +178,29 @@ async def test_waiting_gives_up_at_the_deadline(store: Store) -> None:
     b.close()
 
 
+async def test_a_waiter_here_gives_up_or_leaves_alone(store: Store) -> None:
+    # Waiters in the leader's own process: one past its deadline raises TimeoutError, one
+    # cancelled (its client left) stops; neither ends the flight the others wait on.
+    k, loop = new_key(), asyncio.get_running_loop()
+    a = Coalescer(store, 5, 30)
+    lead = await a.find(k, loop.time() + 10)
+    assert lead.flight is not None
+    hasty = asyncio.create_task(a.find(k, loop.time() + 0.05))
+    leaving = asyncio.create_task(a.find(k, loop.time() + 10))
+    patient = asyncio.create_task(a.find(k, loop.time() + 10))
+    await asyncio.sleep(0.1)
+    leaving.cancel()
+    with pytest.raises(TimeoutError):
+        await hasty
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert not patient.done()
+    await a.finish([(lead.flight, ENTRY, lead.flight.write(ENTRY.encode(), 5))])
+    found = await patient
+    assert found.entry == ENTRY and found.waited
+    a.close()
+
+
 async def test_a_leader_that_never_finishes_is_dropped_after_max_hold(store: Store) -> None:
     k, deadline = new_key(), asyncio.get_running_loop().time() + 10
     c = Coalescer(store, 0.3, 0.4)  # a bug left a leader unfinished: it leads 0.4 s at most
