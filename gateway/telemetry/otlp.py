@@ -87,8 +87,9 @@ def _any_value(value: Any) -> bytes:
 
 # Encoded attributes of the (key, value) pairs that recur (a team, a model, a deployment),
 # by the field they are encoded as (a span's, an event's, the resource's), so that most
-# attributes are a dict lookup, their tag included. A key with many values (ids, timings)
-# stops being remembered after _VALUES_PER_KEY of them.
+# attributes are a dict lookup, their tag included. Only text is remembered: 0, 0.0 and
+# False are equal dict keys but encode differently. A key with many values (ids) stops
+# being remembered after _VALUES_PER_KEY of them.
 _PAIRS: dict[bytes, dict[tuple[str, Any], bytes]] = {}
 _VALUES: dict[str, int] = {}
 _VALUES_PER_KEY = 32
@@ -99,12 +100,12 @@ def _key_value(tag: bytes, pair: tuple[str, Any]) -> bytes:
     """One KeyValue as the field whose key is `tag`, remembered if it may recur."""
     key, value = pair
     out = _field(tag, _field(_F1, key.encode()) + _field(_F2, _any_value(value)))
+    if not (type(value) is str
+            or (type(value) is tuple and all(type(v) is str for v in value))):
+        return out
     seen = _VALUES.get(key, 0)
     if seen < _VALUES_PER_KEY and (seen or len(_VALUES) < _MAX_KEYS):
-        try:
-            _PAIRS.setdefault(tag, {})[pair] = out
-        except TypeError:  # a tuple holding a list: unhashable
-            return out
+        _PAIRS.setdefault(tag, {})[pair] = out
         _VALUES[key] = seen + 1
     return out
 

@@ -92,6 +92,22 @@ def test_remembered_attributes_decode_the_same_as_span_and_event_attributes() ->
         assert {a.key: value(a.value) for a in span.events[0].attributes} == expected
 
 
+def test_equal_values_of_other_types_keep_their_own_type() -> None:
+    # 0, 0.0 and False are equal (and hash alike): remembering the first would send the
+    # others as its type.
+    ended: list[LeanSpan] = []
+    tracer = Tracer(ended.append)
+    for v in (0, 0.0, False, 1, 1.0, True, (0, 1), (0.0, 1.0)):
+        tracer.start_span("s", attributes={"temperature": v}).end()
+    kinds = [(a.value.WhichOneof("value"), value(a.value))
+             for span in decoded(ended).resource_spans[0].scope_spans[0].spans
+             for a in span.attributes]
+    assert kinds == [("int_value", 0), ("double_value", 0.0), ("bool_value", False),
+                     ("int_value", 1), ("double_value", 1.0), ("bool_value", True),
+                     ("array_value", [0, 1]), ("array_value", [0.0, 1.0])]
+    assert [type(v) for _, arr in kinds[6:] for v in arr] == [int, int, float, float]
+
+
 def test_an_ended_span_takes_no_more_and_reads_like_the_sdks() -> None:
     ended: list[LeanSpan] = []
     span = Tracer(ended.append).start_span("s", attributes={"a": [1, 2]})
